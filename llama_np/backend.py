@@ -1,0 +1,66 @@
+"""The array module, chosen once: NumPy on the CPU, CuPy on an NVIDIA GPU.
+
+Model code never asks "which device?": it calls ``array_module(x)`` on an array it already
+has and gets ``numpy`` or ``cupy`` back (the same trick as ``cupy.get_array_module``), so one
+piece of code runs on both. Importing llama_np never imports CuPy.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+_DEVICE = "cpu"
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (no CuPy, no GPU)."""
+
+
+def _cupy():
+    """CuPy if it is importable *and* sees a GPU, else raise DeviceError with the reason."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as e:  # ImportError, or a CUDA library that fails to load
+        raise DeviceError(f"--device gpu needs CuPy (pip install -e '.[gpu]'): {e.__class__.__name__}: {e}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        raise DeviceError(f"--device gpu: CuPy found no usable GPU ({e})") from None
+    if n < 1:
+        raise DeviceError("--device gpu: CuPy found no GPU")
+    return cupy
+
+
+def use(device: str | None = None):
+    """Select ``"cpu"`` or ``"gpu"`` (default: $LLAMA_NP_DEVICE or cpu) and return its array module."""
+    global _DEVICE
+    device = (device or os.environ.get("LLAMA_NP_DEVICE") or "cpu").lower()
+    if device not in ("cpu", "gpu"):
+        raise DeviceError(f"unknown device {device!r}: use cpu or gpu")
+    xp = _cupy() if device == "gpu" else np
+    _DEVICE = device
+    return xp
+
+
+def device() -> str:
+    return _DEVICE
+
+
+def xp():
+    """The array module of the selected device."""
+    return sys.modules["cupy"] if _DEVICE == "gpu" else np
+
+
+def array_module(x):
+    """``numpy`` or ``cupy``, whichever ``x`` belongs to."""
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(x, cp.ndarray):
+        return cp
+    return np
+
+
+def to_numpy(x) -> np.ndarray:
+    """Bring any array back to host memory (a no-op for NumPy arrays)."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)

@@ -1,0 +1,149 @@
+"""Model hyper-parameters, read from the three formats real checkpoints come in.
+
+One dataclass, three constructors:
+  * ``from_meta_params``: Meta's ``params.json`` (llama-models / llama repos),
+  * ``from_hf_config``:   Hugging Face ``config.json`` (``LlamaForCausalLM``),
+  * ``from_gguf_metadata``: the ``llama.*`` keys of a GGUF file.
+Names follow Meta's ``model.py`` (``dim``, ``n_heads``, ``n_kv_heads``, ``rope_theta``...).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+
+def ffn_hidden_size(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """Meta's FFN width rule (``FeedForward.__init__`` in Meta's model.py).
+
+    Start from 4*dim, take 2/3 of it (SwiGLU has three matrices instead of two, so this keeps
+    the parameter count of a plain 4*dim MLP), optionally scale, then round *up* to a multiple.
+    7B: dim 4096, multiple_of 256 -> 11008.   8B: dim 4096, x1.3, multiple_of 1024 -> 14336.
+    """
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 4096                 # width of the residual stream
+    n_layers: int = 32
+    n_heads: int = 32               # query heads
+    n_kv_heads: int | None = None   # key/value heads (GQA); None means = n_heads
+    vocab_size: int = 32000
+    hidden_dim: int = 11008         # FFN width (w1/w3 out, w2 in)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # Llama 3.1 "llama3" frequency scaling: {"factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None for plain RoPE.
+    rope_scaling: dict | None = None
+    tie_embeddings: bool = False    # output head shares tok_embeddings (Llama 3.2 1B/3B, SmolLM2)
+    max_seq_len: int = 4096         # context length the model was trained for
+    head_dim: int | None = None     # None means dim // n_heads
+    # Mixture of experts (Mixtral / Llama 4); n_experts == 0 means a dense model.
+    n_experts: int = 0
+    n_experts_per_tok: int = 0
+    moe: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def n_rep(self) -> int:
+        """How many query heads share one KV head (1 for multi-head attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **kw) -> "ModelConfig":
+        return replace(self, **kw)
+
+    # ------------------------------------------------------------------ Meta
+    @classmethod
+    def from_meta_params(cls, params: dict, vocab_size: int | None = None) -> "ModelConfig":
+        """Meta's params.json. Llama 2 says ``vocab_size: -1``: pass the tokenizer's size."""
+        dim = params["dim"]
+        vs = params.get("vocab_size", -1)
+        if vs is None or vs <= 0:
+            if vocab_size is None:
+                raise ValueError("params.json has vocab_size -1; pass the tokenizer's vocab size")
+            vs = vocab_size
+        hidden = params.get("hidden_dim") or ffn_hidden_size(
+            dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
+        scaling = None
+        if params.get("use_scaled_rope"):
+            # Meta's llama-models hard-codes these for 3.1 (apply_scaling in model.py); 3.2 1B/3B
+            # ship "rope_scaling_factor" (32) in some params.json files.
+            scaling = {"factor": float(params.get("rope_scaling_factor", 8.0)), "low_freq_factor": 1.0,
+                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        theta = float(params.get("rope_theta", 10000.0))
+        return cls(dim=dim, n_layers=params["n_layers"], n_heads=params["n_heads"],
+                   n_kv_heads=params.get("n_kv_heads"), vocab_size=vs, hidden_dim=hidden,
+                   norm_eps=float(params.get("norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
+                   tie_embeddings=False, max_seq_len=int(params.get("max_seq_len", 8192 if theta > 10000 else 4096)))
+
+    # ------------------------------------------------------------ Hugging Face
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "ModelConfig":
+        """A transformers ``config.json`` (Llama, Mistral-style; MoE fields when present)."""
+        if "text_config" in cfg:  # Llama 4 wraps the text model
+            cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings",
+                   cfg["text_config"].get("tie_word_embeddings", False))}
+        # transformers v5 renamed rope_scaling -> rope_parameters (which also carries rope_theta)
+        rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        theta = float(cfg.get("rope_theta", rp.get("rope_theta", 10000.0)))
+        rtype = rp.get("rope_type", rp.get("type"))
+        scaling = None
+        if rtype == "llama3":
+            scaling = {k: float(rp[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")}
+            scaling["original_max_position_embeddings"] = int(rp["original_max_position_embeddings"])
+        elif rtype not in (None, "default"):
+            raise ValueError(f"unsupported rope scaling type {rtype!r}")
+        n_heads = cfg["num_attention_heads"]
+        moe = {}
+        n_experts = int(cfg.get("num_local_experts", 0) or 0)
+        if n_experts:
+            moe["kind"] = cfg.get("model_type", "mixtral")
+            if "interleave_moe_layer_step" in cfg:
+                moe["interleave_moe_layer_step"] = cfg["interleave_moe_layer_step"]
+            if "intermediate_size_mlp" in cfg:
+                moe["intermediate_size_mlp"] = cfg["intermediate_size_mlp"]
+            if cfg.get("moe_layers") is not None:
+                moe["moe_layers"] = list(cfg["moe_layers"])
+        return cls(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+                   n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
+                   hidden_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   rope_theta=theta, rope_scaling=scaling,
+                   tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                   max_seq_len=int(cfg.get("max_position_embeddings", 4096)),
+                   head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+                   n_experts=n_experts, n_experts_per_tok=int(cfg.get("num_experts_per_tok", 0) or 0), moe=moe)
+
+    # -------------------------------------------------------------------- GGUF
+    @classmethod
+    def from_gguf_metadata(cls, md: dict, vocab_size: int | None = None, tied: bool | None = None) -> "ModelConfig":
+        """``md`` maps GGUF keys (``llama.embedding_length``...) to Python values."""
+        arch = md.get("general.architecture", "llama")
+        g = lambda k, d=None: md.get(f"{arch}.{k}", d)  # noqa: E731
+        if arch not in ("llama",):
+            raise ValueError(f"unsupported GGUF architecture {arch!r} (only 'llama')")
+        n_heads = int(g("attention.head_count"))
+        dim = int(g("embedding_length"))
+        vs = g("vocab_size") or vocab_size or len(md.get("tokenizer.ggml.tokens", []))
+        scaling = None
+        if g("rope.scaling.type") == "llama3" or g("rope.scaling.factor"):
+            raise ValueError("GGUF rope scaling is stored as a tensor (rope_freqs); not supported yet")
+        return cls(dim=dim, n_layers=int(g("block_count")), n_heads=n_heads,
+                   n_kv_heads=int(g("attention.head_count_kv", n_heads)), vocab_size=int(vs),
+                   hidden_dim=int(g("feed_forward_length")),
+                   norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+                   rope_theta=float(g("rope.freq_base", 10000.0)), rope_scaling=scaling,
+                   tie_embeddings=bool(tied) if tied is not None else False,
+                   max_seq_len=int(g("context_length", 4096)),
+                   head_dim=int(g("attention.key_length", dim // n_heads)))

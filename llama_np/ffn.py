@@ -1,0 +1,23 @@
+"""The SwiGLU feed-forward network (Shazeer 2020, "GLU Variants Improve Transformer").
+
+    FFN(x) = w2( silu(w1 x) * (w3 x) )
+
+w1 is the "gate" projection, w3 the "up" projection, w2 the "down" projection (Meta's names;
+transformers calls them gate_proj, up_proj, down_proj). The gate decides, per hidden unit, how
+much of the up-projected value passes.
+"""
+from __future__ import annotations
+
+from .backend import array_module
+from .linear import linear
+
+
+def silu(x):
+    """SiLU / swish: x * sigmoid(x). x: any shape, float32."""
+    xp = array_module(x)
+    return x / (1.0 + xp.exp(-x))
+
+
+def swiglu(x, w1, w2, w3):
+    """x: (T, dim); w1, w3: (hidden, dim); w2: (dim, hidden) -> (T, dim)."""
+    return linear(silu(linear(x, w1)) * linear(x, w3), w2)

@@ -1,0 +1,114 @@
+"""The Llama decoder: embedding -> n_layers x (attention block, FFN block) -> norm -> output head.
+
+    h = x + Attention(RMSNorm(x))      # pre-norm residual blocks
+    x = h + FFN(RMSNorm(h))
+
+Weights are a plain dict with Meta's names (see ``param_shapes``); matrices are (out, in),
+q/k rows in Meta's interleaved RoPE layout. Loaders in ``llama_np.weights`` produce this dict
+from Meta, Hugging Face and GGUF checkpoints.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .attention import attention
+from .backend import array_module
+from .ffn import swiglu
+from .linear import embed, linear
+from .norm import rms_norm
+from .rope import apply_rope, rope_angles, rope_frequencies
+
+
+def param_shapes(cfg) -> dict:
+    """The expected shape of every tensor, by name (``layers.{i}.`` prefix for per-layer ones)."""
+    D, hd = cfg.dim, cfg.head_dim
+    shapes = {"tok_embeddings": (cfg.vocab_size, D), "norm": (D,)}
+    if not cfg.tie_embeddings:
+        shapes["output"] = (cfg.vocab_size, D)
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        shapes.update({p + "attention_norm": (D,), p + "ffn_norm": (D,),
+                       p + "wq": (cfg.n_heads * hd, D), p + "wk": (cfg.n_kv_heads * hd, D),
+                       p + "wv": (cfg.n_kv_heads * hd, D), p + "wo": (D, cfg.n_heads * hd),
+                       p + "w1": (cfg.hidden_dim, D), p + "w2": (D, cfg.hidden_dim),
+                       p + "w3": (cfg.hidden_dim, D)})
+    return shapes
+
+
+def nest(flat: dict, cfg) -> dict:
+    """{'layers.0.wq': ..., 'norm': ...} -> {'layers': [{'wq': ...}, ...], 'norm': ...}.
+    The output head of a tied model is the embedding table itself (no copy)."""
+    params = {k: v for k, v in flat.items() if not k.startswith("layers.")}
+    params["layers"] = [{} for _ in range(cfg.n_layers)]
+    for k, v in flat.items():
+        if k.startswith("layers."):
+            _, i, name = k.split(".", 2)
+            params["layers"][int(i)][name] = v
+    if cfg.tie_embeddings or "output" not in params:
+        params["output"] = params["tok_embeddings"]
+    return params
+
+
+def random_params(cfg, seed: int = 0, std: float = 0.02) -> dict:
+    """Random float32 weights of the right shapes (norm weights near 1), for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in param_shapes(cfg).items():
+        if len(shape) == 1:
+            flat[name] = (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32))
+        else:
+            flat[name] = std * rng.standard_normal(shape, dtype=np.float32)
+    return nest(flat, cfg)
+
+
+def attention_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=None, layer_idx: int = 0):
+    """x: (T, dim) normalised input -> (T, dim) attention output (before the residual add)."""
+    T = x.shape[0]
+    hd = cfg.head_dim
+    q = linear(x, layer["wq"]).reshape(T, cfg.n_heads, hd).swapaxes(0, 1)      # (H, T, hd)
+    k = linear(x, layer["wk"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)   # (KV, T, hd)
+    v = linear(x, layer["wv"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(layer_idx, start_pos, k, v)
+    elif start_pos:
+        raise ValueError("start_pos > 0 needs a KV cache holding the earlier positions")
+    out = attention(q, k, v, start_pos)                                         # (H, T, hd)
+    return linear(out.swapaxes(0, 1).reshape(T, cfg.n_heads * hd), layer["wo"])
+
+
+def feed_forward(x, layer: dict, cfg):
+    """x: (T, dim) -> (T, dim): SwiGLU, or a mixture of experts where the layer has a router."""
+    if "router" in layer:
+        from .moe import moe_forward
+        return moe_forward(x, layer, cfg)
+    return swiglu(x, layer["w1"], layer["w2"], layer["w3"])
+
+
+def forward(params: dict, cfg, tokens, start_pos: int = 0, cache=None, last_only: bool = False):
+    """Logits for ``tokens`` at positions start_pos, start_pos+1, ...
+
+    tokens: (T,) ints. Without a cache, the whole sequence (start_pos must be 0). With a cache
+    (``kv_cache.new_cache``), earlier positions come from it: prefill with T tokens at
+    start_pos=0, then decode one token at a time at start_pos = number of tokens seen.
+    Returns (T, vocab_size) float32, or (1, vocab_size) for the last position if ``last_only``
+    (generation needs only that one, and the output head is the largest matrix of a small model).
+    """
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    T = tokens.shape[0]
+    if start_pos + T > cfg.max_seq_len and cache is None:
+        raise ValueError(f"{start_pos + T} tokens exceed the context length {cfg.max_seq_len}")
+    x = embed(tokens, params["tok_embeddings"])
+    xp = array_module(x)
+    x = xp.asarray(x, dtype=xp.float32)
+    inv_freq = params.get("rope_inv_freq")
+    if inv_freq is None:
+        inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    cos, sin = rope_angles(inv_freq, np.arange(start_pos, start_pos + T), xp)
+    for i, layer in enumerate(params["layers"]):
+        x = x + attention_block(rms_norm(x, layer["attention_norm"], cfg.norm_eps), layer, cfg,
+                                cos, sin, start_pos, cache, i)
+        x = x + feed_forward(rms_norm(x, layer["ffn_norm"], cfg.norm_eps), layer, cfg)
+    if last_only:
+        x = x[-1:]
+    return linear(rms_norm(x, params["norm"], cfg.norm_eps), params["output"])
