@@ -233,7 +233,7 @@ def test_sentencepiece_model_detected(tmp_path):
     corpus.write_text("\n".join(["the quick brown fox jumps over the lazy dog"] * 50
                                 + ["hello world, a tokenizer for a course"] * 50))
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"),
-                                   vocab_size=60, model_type="bpe", byte_fallback=True,
+                                   vocab_size=320, model_type="bpe", byte_fallback=True,
                                    minloglevel=2)
     path = tmp_path / "sp.model"
     assert detect_format(path) == "sentencepiece"

@@ -147,7 +147,9 @@ def pre_tokenize(text: str, patterns: list[regex.Pattern]) -> list[str]:
     """Apply each regex in turn to every piece of the previous step: str -> list of pieces."""
     pieces = [text] if text else []
     for pattern in patterns:
-        pieces = [p for piece in pieces for p in split_pieces(pattern, piece)]
+        # a one-character piece cannot be split further (and SmolLM2's digit step makes many)
+        pieces = [p for piece in pieces
+                  for p in (split_pieces(pattern, piece) if len(piece) > 1 else (piece,))]
     return pieces
 
 
@@ -265,6 +267,7 @@ class ByteLevelBPETokenizer(Tokenizer):
                           for t in self.tokens]
         for text, i in {**self.added_tokens, **self.special_tokens}.items():
             self._id_bytes[i] = text.encode("utf-8")
+        self._missing_bytes = set(CHAR_TO_BYTE) - set(self.token_to_id)
         self._cache: dict[str, list[int]] = {}
         self._split_cache: dict = {}
 
@@ -399,11 +402,12 @@ class ByteLevelBPETokenizer(Tokenizer):
         symbols = text_to_symbols(piece)
         if self.ignore_merges and symbols in self.token_to_id:
             return [self.token_to_id[symbols]]
-        try:
-            return [self.token_to_id[s] for s in bpe(list(symbols), self.merge_ranks)]
-        except KeyError as e:
-            raise TokenizerError(f"symbol {e.args[0]!r} is not in the vocabulary "
-                                 f"(a byte-level vocabulary should contain all 256 bytes)") from None
+        if self._missing_bytes:
+            # A vocabulary may lack bytes never seen in training (SmolLM2 lacks 21 of the 256,
+            # e.g. 0xF5-0xFF, which UTF-8 never uses, and the rare 4-byte lead 0xF1). Hugging Face
+            # tokenizers (with no unknown token) drops such a byte before merging; so do we.
+            symbols = "".join(c for c in symbols if c not in self._missing_bytes)
+        return [self.token_to_id[s] for s in bpe(list(symbols), self.merge_ranks)]
 
     def _special_splitter(self, allowed_special):
         """The regex that cuts recognised special/added tokens out of the text (None: nothing to cut)."""
