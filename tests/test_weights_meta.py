@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from llama_np.model import forward
+from llama_np.model import forward as _forward, nest
 from llama_np.weights import meta, torch_zip
 from llama_np.weights.errors import CheckpointError
 
@@ -23,14 +23,12 @@ torch = pytest.importorskip("torch")
 from tests import checkpoint_writers as W  # noqa: E402
 
 os.environ.setdefault("LLAMA_NP_QUIET", "1")
+
+
+def forward(flat, cfg, ids):
+    """Loaders return flat {Meta name: weight}; forward takes them nested."""
+    return _forward(nest(flat, cfg), cfg, ids)
 IDS = np.random.default_rng(1).integers(0, 100, 40)   # 40 positions: enough for RoPE scaling to matter
-
-
-def flat_of(params) -> dict:
-    out = {k: v for k, v in params.items() if k != "layers"}
-    for i, layer in enumerate(params["layers"]):
-        out.update({f"layers.{i}.{k}": v for k, v in layer.items()})
-    return out
 
 
 # ----------------------------------------------------------------------------- the .pth reader
@@ -113,9 +111,9 @@ def test_bf16_mode_keeps_memory_maps(tmp_path):
     spec, cfg, flat = W.tiny("llama3")
     W.write_meta(tmp_path, spec, flat, "bf16")
     _, p, _ = meta.load(tmp_path, "bf16")
-    wq = p["layers"][0]["wq"]
+    wq = p["layers.0.wq"]
     assert wq.is_packed and wq.kind == "bf16" and isinstance(wq.data.base, np.memmap)
-    assert p["layers"][0]["attention_norm"].dtype == np.float32   # norms always float32
+    assert p["layers.0.attention_norm"].dtype == np.float32   # norms always float32
 
 
 @pytest.mark.parametrize("kind", ["llama2", "llama3"])
@@ -129,7 +127,7 @@ def test_two_shards_load_like_one(tmp_path, kind):
     c1, p1, _ = meta.load(tmp_path / "one")
     c2, p2, _ = meta.load(tmp_path / "two")
     assert c1 == c2
-    f1, f2 = flat_of(p1), flat_of(p2)
+    f1, f2 = p1, p2
     assert f1.keys() == f2.keys()
     for k in f1:
         assert np.array_equal(f1[k], f2[k]), k

@@ -14,13 +14,36 @@ import os
 
 import numpy as np
 
-from ..model import nest, param_shapes
+from ..model import param_shapes
 from .errors import CheckpointError, CheckpointNotFound
 from .packed import pack, to_float32
 from .progress import Progress
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16))   # uint16 = bf16 bits
 MODES = ("float32", "bf16", "int8")
+
+
+def available_memory() -> int:
+    """Bytes the OS says a new allocation can get (MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def choose_mode(tensors: dict, mode: str) -> str:
+    """"auto" -> "float32" when float32 copies of all weights take under half the available memory
+    (fastest: plain BLAS, no widening), else "bf16" (weights stay 16-bit; same numbers, since
+    widening bf16 to float32 is exact)."""
+    if mode != "auto":
+        return mode
+    n = sum(int(np.prod(t.shape)) for t in tensors.values())
+    avail = available_memory()
+    return "float32" if avail and 4 * n < avail / 2 else "bf16"
 
 
 def read_json(path) -> dict:
@@ -67,9 +90,9 @@ def check_tensors(tensors: dict, cfg, source: str, config_name: str) -> None:
             raise CheckpointError(f"{source}: {name} has dtype {arr.dtype}; expected bf16, float16 or float32")
 
 
-def build_params(tensors: dict, cfg, mode: str = "float32", perms: dict | None = None,
+def build_params(tensors: dict, cfg, mode: str = "auto", perms: dict | None = None,
                  show_progress: bool = True, desc: str = "loading") -> dict:
-    """Raw tensors (Meta names) -> nested params for ``model.forward``.
+    """Raw tensors (Meta names) -> flat params {Meta name: weight} (``model.nest`` before ``forward``).
 
     Vectors (norms) always become float32 in memory (tiny). Matrices go through
     ``packed.pack(raw, mode)``: float32 copies, 16-bit memory maps, or int8. ``perms``: row
@@ -77,8 +100,9 @@ def build_params(tensors: dict, cfg, mode: str = "float32", perms: dict | None =
     int8 mode its memory map is unmapped and its pages can leave RSS. (In bf16 mode nothing is
     read here: the 16-bit maps are wrapped as they are, and read during the first token.)
     """
+    mode = choose_mode(tensors, mode)
     if mode not in MODES:
-        raise ValueError(f"unknown dtype {mode!r}: use one of {', '.join(MODES)}")
+        raise ValueError(f"unknown dtype {mode!r}: use auto or one of {', '.join(MODES)}")
     perms = perms or {}
     total = sum(int(t.nbytes) for t in tensors.values())
     flat = {}
@@ -91,4 +115,4 @@ def build_params(tensors: dict, cfg, mode: str = "float32", perms: dict | None =
                 flat[name] = pack(raw, mode, perms.get(name))
             bar.update(raw.nbytes)
             del raw
-    return nest(flat, cfg)
+    return flat

@@ -111,9 +111,9 @@ def qk_perms(cfg) -> dict:
     return perms
 
 
-def load(folder, dtype: str = "float32", show_progress: bool = True):
-    """A Hugging Face Llama folder -> (ModelConfig, params for ``model.forward``, tokenizer or None).
-    ``dtype`` as in ``meta.load``: "float32", "bf16" (16-bit memory maps) or "int8"."""
+def load(folder, dtype: str = "auto", progress: bool = True):
+    """A Hugging Face Llama folder -> (ModelConfig, flat params {Meta name: weight}, tokenizer or None).
+    ``dtype`` as in ``meta.load``: "float32", "bf16" (16-bit memory maps), "int8" or "auto"."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointNotFound(f"{folder}: not a folder")
@@ -138,5 +138,5 @@ def load(folder, dtype: str = "float32", show_progress: bool = True):
         if (folder / name).is_file():
             tokenizer = load_tokenizer_if_present(folder / name)
             break
-    params = build_params(tensors, cfg, dtype, perms=qk_perms(cfg), show_progress=show_progress)
+    params = build_params(tensors, cfg, dtype, perms=qk_perms(cfg), show_progress=progress)
     return cfg, params, tokenizer

@@ -90,11 +90,13 @@ def load_tokenizer_if_present(path: Path):
     return load_tokenizer(path)
 
 
-def load(folder, dtype: str = "float32", show_progress: bool = True):
-    """A Meta checkpoint folder -> (ModelConfig, params for ``model.forward``, tokenizer or None).
+def load(folder, dtype: str = "auto", progress: bool = True):
+    """A Meta checkpoint folder -> (ModelConfig, flat params {Meta name: weight}, tokenizer or None).
+    ``model.nest(params, cfg)`` makes them what ``model.forward`` takes.
 
     dtype: "float32" (everything in memory as float32: small models), "bf16" (16-bit weights stay
-    memory-mapped and are widened block by block: Llama 3 8B in 24 GiB) or "int8" (quantised now).
+    memory-mapped and are widened block by block: Llama 3 8B in 24 GiB), "int8" (quantised now,
+    per-row scales) or "auto" (float32 if it fits in half the available memory, else bf16).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -121,4 +123,4 @@ def load(folder, dtype: str = "float32", show_progress: bool = True):
     where = paths[0].name if len(paths) == 1 else f"{paths[0].name}..{paths[-1].name}"
     check_tensors(tensors, cfg, f"{folder}/{where}", "params.json")
     tokenizer = load_tokenizer_if_present(folder / "tokenizer.model")
-    return cfg, build_params(tensors, cfg, dtype, show_progress=show_progress), tokenizer
+    return cfg, build_params(tensors, cfg, dtype, show_progress=progress), tokenizer
