@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def corpus(n_bytes: int) -> str:
     parts, size = [], 0
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "**", "*.py"), recursive=True)):
+    stdlib = os.path.dirname(os.__file__)
+    for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
         text = Path(path).read_text(encoding="utf-8", errors="replace")
         parts.append(text)
         size += len(text.encode("utf-8"))

@@ -66,7 +66,8 @@ def encode_chat(tokenizer, messages, add_generation_prompt: bool = True, fmt: st
     return ids
 
 
-def chat_segments(messages, fmt: str, add_generation_prompt: bool = True, **options) -> list[tuple[str, bool]]:
+def chat_segments(messages, fmt: str, add_generation_prompt: bool = True,
+                  **options) -> list[tuple[str, bool]]:
     """The conversation as (text, is_special_token) pieces; joining the texts gives the prompt."""
     messages = _check(messages)
     if fmt == "llama3":
@@ -108,7 +109,8 @@ def _llama2(messages, add_generation_prompt):
         if len(messages) < 2:
             raise ValueError("llama2 chat: a system message must be followed by a user message")
         # Meta folds the system prompt into the first user message
-        first = {"role": messages[1]["role"], "content": B_SYS + messages[0]["content"] + E_SYS + messages[1]["content"]}
+        content = B_SYS + messages[0]["content"] + E_SYS + messages[1]["content"]
+        first = {"role": messages[1]["role"], "content": content}
         messages = [first] + messages[2:]
     for k, m in enumerate(messages):
         want = "user" if k % 2 == 0 else "assistant"
@@ -121,7 +123,8 @@ def _llama2(messages, add_generation_prompt):
     for k in range(0, len(messages), 2):
         text = f"{B_INST} {messages[k]['content'].strip()} {E_INST}"
         if k + 1 < len(messages):  # a finished exchange: answer, then EOS
-            out += [("<s>", True), (f"{text} {messages[k + 1]['content'].strip()} ", False), ("</s>", True)]
+            answer = messages[k + 1]["content"].strip()
+            out += [("<s>", True), (f"{text} {answer} ", False), ("</s>", True)]
         else:
             out += [("<s>", True), (text, False)]
     return out
@@ -133,7 +136,8 @@ def _chatml(messages, add_generation_prompt, default_system=None):
         messages = [{"role": "system", "content": default_system}] + messages
     out = []
     for m in messages:
-        out += [("<|im_start|>", True), (f"{m['role']}\n{m['content']}", False), ("<|im_end|>", True), ("\n", False)]
+        out += [("<|im_start|>", True), (f"{m['role']}\n{m['content']}", False),
+                ("<|im_end|>", True), ("\n", False)]
     if add_generation_prompt:
         out += [("<|im_start|>", True), ("assistant\n", False)]
     return out

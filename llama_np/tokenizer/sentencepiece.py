@@ -71,7 +71,8 @@ def _fields(buf: bytes):
             size, pos = _varint(buf, pos)
             value, pos = buf[pos:pos + size], pos + size
         else:
-            raise TokenizerError(f"corrupt SentencePiece model (field {number} has unknown wire type {wire})")
+            raise TokenizerError(f"corrupt SentencePiece model (field {number} has unknown "
+                                 f"wire type {wire})")
         if pos > len(buf):
             raise TokenizerError("truncated SentencePiece model (a field runs past the end of the file)")
         yield number, value
@@ -216,12 +217,14 @@ class SentencePieceTokenizer(Tokenizer):
         for i, (p, t) in enumerate(zip(self.pieces, self.types)):
             table = self.piece_to_id if t in (NORMAL, USER_DEFINED, UNUSED) else self.reserved_to_id
             if p in table:
-                raise TokenizerError(f"SentencePiece vocabulary has piece {p!r} twice (ids {table[p]} and {i})")
+                raise TokenizerError(f"SentencePiece vocabulary has piece {p!r} twice "
+                                     f"(ids {table[p]} and {i})")
             table[p] = i
         unk_ids = [i for i, t in enumerate(self.types) if t == UNKNOWN]
         if not unk_ids:
             raise TokenizerError("SentencePiece vocabulary has no unknown piece (<unk>)")
-        self.unk_id = unk_ids[0] if unk_id is None or self.types[unk_id] != UNKNOWN else unk_id
+        named = unk_id is not None and 0 <= unk_id < len(pieces) and self.types[unk_id] == UNKNOWN
+        self.unk_id = unk_id if named else unk_ids[0]
 
         def special(i):  # an id counts only if it names a control piece (-1 means "none")
             return i if i is not None and 0 <= i < len(pieces) and self.types[i] == CONTROL else None
@@ -230,7 +233,9 @@ class SentencePieceTokenizer(Tokenizer):
         # "<s>", "</s>", "<unk>" in the input become their ids only when encode() allows it
         self.special_tokens = {p: i for i, (p, t) in enumerate(zip(self.pieces, self.types))
                                if t in (CONTROL, UNKNOWN)}
-        self.byte_fallback = any(t == BYTE for t in self.types) if byte_fallback is None else byte_fallback
+        if byte_fallback is None:  # GGUF: byte fallback whenever the vocabulary has byte pieces
+            byte_fallback = any(t == BYTE for t in self.types)
+        self.byte_fallback = byte_fallback
         self.byte_ids = [self.reserved_to_id.get(f"<0x{b:02X}>", self.unk_id) for b in range(256)]
         self.add_dummy_prefix = add_dummy_prefix
         self.remove_extra_whitespaces = remove_extra_whitespaces
@@ -240,6 +245,8 @@ class SentencePieceTokenizer(Tokenizer):
         # User-defined pieces are matched whole in the text and never merged further.
         self.user_defined = sorted((p for p, t in zip(self.pieces, self.types) if t == USER_DEFINED),
                                    key=len, reverse=True)
+        self._user_defined_bytes = sorted((u.encode("utf-8") for u in self.user_defined),
+                                          key=len, reverse=True)
         self._special_re: dict = {}
 
     # -- loading ------------------------------------------------------------------------------
@@ -254,8 +261,9 @@ class SentencePieceTokenizer(Tokenizer):
         proto = parse_model_proto(data)
         tr, nm = proto["trainer"], proto["normalizer"]
         if tr["model_type"] != BPE:
-            raise TokenizerError(f"this SentencePiece model is {_MODEL_TYPES.get(tr['model_type'], tr['model_type'])!r}; "
-                                 f"only BPE models (Llama 2's kind) are supported")
+            kind = _MODEL_TYPES.get(tr["model_type"], tr["model_type"])
+            raise TokenizerError(f"this SentencePiece model is {kind!r}; only BPE models "
+                                 f"(Llama 2's kind) are supported")
         if tr["treat_whitespace_as_suffix"]:
             raise TokenizerError("SentencePiece models with treat_whitespace_as_suffix are not supported")
         pieces, scores, types = zip(*proto["pieces"])
@@ -274,10 +282,12 @@ class SentencePieceTokenizer(Tokenizer):
         pieces whenever the vocabulary has them.
         """
         tokens = md.get("tokenizer.ggml.tokens")
-        if not tokens:
+        if tokens is None or len(tokens) == 0:
             raise TokenizerError("GGUF metadata has no tokenizer.ggml.tokens")
-        scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-        types = md.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+        scores = md.get("tokenizer.ggml.scores")
+        types = md.get("tokenizer.ggml.token_type")
+        scores = [0.0] * len(tokens) if scores is None else scores
+        types = [NORMAL] * len(tokens) if types is None else types
         tok = cls(list(tokens), list(scores), [int(t) for t in types],
                   unk_id=md.get("tokenizer.ggml.unknown_token_id", 0),
                   bos_id=md.get("tokenizer.ggml.bos_token_id", 1),
@@ -361,10 +371,10 @@ class SentencePieceTokenizer(Tokenizer):
             return list(text)  # identity (Llama 2): every character stands for itself
         units, data, pos = [], text.encode("utf-8"), 0
         while pos < len(data):
-            user = next((u for u in self.user_defined if data.startswith(u.encode("utf-8"), pos)), None)
+            user = next((u for u in self._user_defined_bytes if data.startswith(u, pos)), None)
             if user is not None:
-                units.append(user)
-                pos += len(user.encode("utf-8"))
+                units.append(user.decode("utf-8"))
+                pos += len(user)
                 continue
             rule = self.charsmap.longest_match(data, pos) if self.charsmap else None
             if rule is not None:

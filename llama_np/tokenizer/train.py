@@ -217,7 +217,8 @@ class BPETokenizer(Tokenizer):
     def load(cls, path) -> "BPETokenizer":
         lines = Path(path).read_text(encoding="utf-8").split("\n")
         if not lines or lines[0] != FORMAT_LINE:
-            raise TokenizerError(f"{path} is not a llama_np BPE file (first line must be {FORMAT_LINE!r})")
+            raise TokenizerError(f"{path} is not a llama_np BPE file "
+                                 f"(its first line must be {FORMAT_LINE!r})")
         try:
             pattern, n_special = lines[1], int(lines[2])
             special = {}
