@@ -10,8 +10,8 @@ References:
 Token ids must agree exactly (tokenization is discrete: there is no tolerance to give).
 """
 import base64
-import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -213,13 +213,21 @@ def test_smollm2_special_tokens(smol, smol_ref):
         smol.encode(b"bytes")
 
 
-# Random text: any Unicode (no lone surrogates: they are not text), plus fragments that stress the
-# pre-tokenizer and the special-token matcher.
+# Random text from characters assigned since Unicode 3.2 (about 95,000 of them), plus fragments
+# that stress the pre-tokenizer and the special-token matcher (emoji, specials, digits, spaces).
+# Why not any code point: for characters that only recent Unicode versions assign, the libraries
+# disagree on what is a letter (the `regex` module, with the newest tables, calls U+3E284 a letter;
+# the Rust regex engines inside tokenizers and tiktoken do not), so the reference would be arbitrary.
+ASSIGNED = [chr(c) for c in range(0x110000)
+            if unicodedata.ucd_3_2_0.category(chr(c)) not in ("Cn", "Cs")]
 FRAGMENTS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", " ", "  ", "\n", "\r\n", "\t",
-             "123", "4", "'s", "'S", "'ll", "é", "e\u0301", "👍🏽", "👨‍👩‍👧", "日本", "x²", "\u00a0", "Ġ"]
+             "123", "4", "'s", "'S", "'ll", "é", "e\u0301", "👍🏽", "👨‍👩‍👧", "🫠", "日本", "x²",
+             "\u00a0", "Ġ", "\U00040000"]
+characters = st.one_of(st.characters(max_codepoint=0x7F), st.sampled_from(ASSIGNED))
 random_text = st.one_of(
-    st.text(max_size=60),
-    st.lists(st.one_of(st.text(max_size=6), st.sampled_from(FRAGMENTS)), max_size=25).map("".join))
+    st.text(characters, max_size=60),
+    st.lists(st.one_of(st.text(characters, max_size=6), st.sampled_from(FRAGMENTS)),
+             max_size=25).map("".join))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -357,6 +365,25 @@ def llama3(llama3_ranks):
     return ByteLevelBPETokenizer(tokens + LLAMA3_SPECIALS, merges, patterns, special_tokens=specials,
                                  bos_id=128000, eos_id=128001, add_bos=True,
                                  ignore_merges=ignore_merges)
+
+
+def test_llama3_from_gguf_metadata(llama3, llama3_tiktoken):
+    """The same vocabulary as a Llama 3 GGUF stores it (pre "llama-bpe", merges as "a b" strings in
+    rank order, specials typed control, no add_bos key): llama.cpp's defaults for that family."""
+    merges = sorted(llama3.merge_ranks.items(), key=lambda kv: kv[1])
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe",
+          "tokenizer.ggml.tokens": llama3.tokens,
+          "tokenizer.ggml.token_type": [1] * 128000 + [3] * 256,
+          "tokenizer.ggml.merges": [f"{a} {b}" for (a, b), _ in merges],
+          "tokenizer.ggml.bos_token_id": 128000, "tokenizer.ggml.eos_token_id": 128009,
+          "tokenizer.ggml.eot_token_id": 128009,
+          "tokenizer.chat_template": "{{ '<|start_header_id|>' + message['role'] }}"}
+    tok = ByteLevelBPETokenizer.from_gguf(md)
+    assert tok.add_bos and tok.ignore_merges and tok.chat_format == "llama3"
+    assert tok.stop_ids == {128001, 128009}
+    for text in CORPUS:
+        assert tok.encode(text, allowed_special="all") == \
+            llama3_tiktoken.encode(text, allowed_special="all"), text
 
 
 def test_llama3_known_ids(llama3):
