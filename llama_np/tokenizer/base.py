@@ -1,8 +1,8 @@
 """What every tokenizer in llama_np offers, whatever file it came from.
 
-A tokenizer turns text into token ids and back. Subclasses implement ``_encode_ordinary`` (text
-with no special tokens in it -> ids) and ``id_to_bytes``; this base adds special tokens, BOS/EOS
-and streaming decode.
+A tokenizer turns text into token ids and back. Subclasses implement ``encode`` (with their own
+special-token splitting and BOS/EOS, since each format decides differently which specials are
+matched) and ``id_to_bytes``; this base gives them the shared ``decode`` and a streaming decoder.
 """
 from __future__ import annotations
 
