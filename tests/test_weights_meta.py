@@ -220,3 +220,13 @@ def test_meta_tokenizer_detected(tmp_path):
     os.symlink(src, tmp_path / "tokenizer.model")
     _, _, tok = meta.load(tmp_path)
     assert tok.encode("hello world") == [15339, 1917]   # tiktoken's ids for Llama 3 (DESIGN.md)
+
+
+def test_progress_bar_one_line_when_not_a_terminal():
+    from llama_np.weights.progress import Progress, progress
+    buf = io.StringIO()
+    with Progress(2e9, "loading", unit="bytes", stream=buf, enabled=True) as bar:
+        bar.update(1e9)
+        bar.update(1e9)
+    assert buf.getvalue().count("\n") == 1 and "100% 2.0 GB/2.0 GB" in buf.getvalue()
+    assert list(progress(range(3), "x", enabled=False)) == [0, 1, 2]
