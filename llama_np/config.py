@@ -41,10 +41,20 @@ class ModelConfig:
     tie_embeddings: bool = False    # output head shares tok_embeddings (Llama 3.2 1B/3B, SmolLM2)
     max_seq_len: int = 4096         # context length the model was trained for
     head_dim: int | None = None     # None means dim // n_heads
-    # Mixture of experts (Mixtral / Llama 4); n_experts == 0 means a dense model.
+    # Mixture of experts (Mixtral / Llama 4); n_experts == 0 means a dense model. ``moe``:
+    # "kind" ("mixtral" | "llama4": the routing rule), "expert_dim" (each expert's FFN width),
+    # "layers" (indices of the MoE layers; absent = all), "shared_expert" (bool). See moe.py.
     n_experts: int = 0
     n_experts_per_tok: int = 0
     moe: dict = field(default_factory=dict)
+    # Llama 4 attention (defaults = Llama 1-3): rope_layers[i] = 0 makes layer i a "NoPE" layer
+    # (no RoPE; None = RoPE everywhere); qk_norm RMS-normalises q and k (no gain) on RoPE layers;
+    # attn_temperature {"floor_scale", "attn_scale"} scales NoPE queries up with position;
+    # attention_chunk_size makes RoPE layers attend only within their chunk of positions.
+    rope_layers: list | None = None
+    qk_norm: bool = False
+    attn_temperature: dict | None = None
+    attention_chunk_size: int | None = None
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -91,7 +101,7 @@ class ModelConfig:
     # ------------------------------------------------------------ Hugging Face
     @classmethod
     def from_hf_config(cls, cfg: dict) -> "ModelConfig":
-        """A transformers ``config.json`` (Llama, Mistral-style; MoE fields when present)."""
+        """A transformers ``config.json``: Llama/Mistral, Mixtral, or a Llama 4 text model (MoE, NoPE...)."""
         if "text_config" in cfg:  # Llama 4 wraps the text model
             cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings",
                    cfg["text_config"].get("tie_word_embeddings", False))}
@@ -106,24 +116,24 @@ class ModelConfig:
         elif rtype not in (None, "default"):
             raise ValueError(f"unsupported rope scaling type {rtype!r}")
         n_heads = cfg["num_attention_heads"]
-        moe = {}
         n_experts = int(cfg.get("num_local_experts", 0) or 0)
-        if n_experts:
-            moe["kind"] = cfg.get("model_type", "mixtral")
-            if "interleave_moe_layer_step" in cfg:
-                moe["interleave_moe_layer_step"] = cfg["interleave_moe_layer_step"]
-            if "intermediate_size_mlp" in cfg:
-                moe["intermediate_size_mlp"] = cfg["intermediate_size_mlp"]
-            if cfg.get("moe_layers") is not None:
-                moe["moe_layers"] = list(cfg["moe_layers"])
+        hidden, moe, extra = cfg["intermediate_size"], {}, {}
+        kind = str(cfg.get("model_type") or "mixtral")
+        if kind.startswith("llama4"):
+            hidden, moe, extra = _llama4_fields(cfg)
+        elif n_experts:
+            if kind != "mixtral":
+                raise ValueError(f"unsupported mixture-of-experts model_type {kind!r} (mixtral, llama4)")
+            moe = {"kind": "mixtral", "expert_dim": hidden, "shared_expert": False}
         return cls(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
                    n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
-                   hidden_dim=cfg["intermediate_size"], norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                   hidden_dim=hidden, norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
                    rope_theta=theta, rope_scaling=scaling,
                    tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
                    max_seq_len=int(cfg.get("max_position_embeddings", 4096)),
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-                   n_experts=n_experts, n_experts_per_tok=int(cfg.get("num_experts_per_tok", 0) or 0), moe=moe)
+                   n_experts=n_experts, n_experts_per_tok=int(cfg.get("num_experts_per_tok", 0) or 0), moe=moe,
+                   **extra)
 
     # -------------------------------------------------------------------- GGUF
     @classmethod
@@ -147,3 +157,27 @@ class ModelConfig:
                    tie_embeddings=bool(tied) if tied is not None else False,
                    max_seq_len=int(g("context_length", 4096)),
                    head_dim=int(g("attention.key_length", dim // n_heads)))
+
+
+def _llama4_fields(cfg: dict):
+    """Llama 4 text config -> (dense FFN width, moe dict, attention fields), with the defaults of
+    transformers' ``Llama4TextConfig`` for keys a config.json leaves out (or leaves empty)."""
+    n = cfg["num_hidden_layers"]
+    step = int(cfg.get("interleave_moe_layer_step", 1))
+    layers = cfg.get("moe_layers")
+    layers = list(range(step - 1, n, step)) if layers is None else [int(i) for i in layers]
+    moe = {"kind": "llama4", "expert_dim": int(cfg["intermediate_size"]), "layers": layers,
+           "shared_expert": True}
+    # "no_rope_layers" is a list of flags where 1 means *use* RoPE; by default every 4th layer is NoPE.
+    interval = int(cfg.get("no_rope_layer_interval", 4))
+    rope_layers = [int(f) for f in (cfg.get("no_rope_layers") or
+                                    [int((i + 1) % interval != 0) for i in range(n)])]
+    temperature = None
+    if cfg.get("attn_temperature_tuning", True):
+        temperature = {"floor_scale": float(cfg.get("floor_scale", 8192)),
+                       "attn_scale": float(cfg.get("attn_scale", 0.1))}
+    chunk = cfg.get("attention_chunk_size", 8192)
+    extra = {"rope_layers": rope_layers, "qk_norm": bool(cfg.get("use_qk_norm", True)),
+             "attn_temperature": temperature, "attention_chunk_size": int(chunk) if chunk else None}
+    # Dense layers use intermediate_size_mlp; every expert (and the shared one) intermediate_size.
+    return int(cfg.get("intermediate_size_mlp", cfg["intermediate_size"])), moe, extra

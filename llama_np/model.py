@@ -15,6 +15,7 @@ from .attention import attention
 from .backend import array_module
 from .ffn import swiglu
 from .linear import embed, linear
+from .moe import is_moe_layer, moe_param_shapes
 from .norm import rms_norm
 from .rope import apply_rope, rope_angles, rope_frequencies
 
@@ -29,9 +30,12 @@ def param_shapes(cfg) -> dict:
         p = f"layers.{i}."
         shapes.update({p + "attention_norm": (D,), p + "ffn_norm": (D,),
                        p + "wq": (cfg.n_heads * hd, D), p + "wk": (cfg.n_kv_heads * hd, D),
-                       p + "wv": (cfg.n_kv_heads * hd, D), p + "wo": (D, cfg.n_heads * hd),
-                       p + "w1": (cfg.hidden_dim, D), p + "w2": (D, cfg.hidden_dim),
-                       p + "w3": (cfg.hidden_dim, D)})
+                       p + "wv": (cfg.n_kv_heads * hd, D), p + "wo": (D, cfg.n_heads * hd)})
+        if is_moe_layer(cfg, i):   # router + experts instead of w1/w2/w3 (moe.py)
+            shapes.update({p + name: shape for name, shape in moe_param_shapes(cfg, i).items()})
+        else:
+            shapes.update({p + "w1": (cfg.hidden_dim, D), p + "w2": (D, cfg.hidden_dim),
+                           p + "w3": (cfg.hidden_dim, D)})
     return shapes
 
 
@@ -68,13 +72,45 @@ def attention_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=Non
     q = linear(x, layer["wq"]).reshape(T, cfg.n_heads, hd).swapaxes(0, 1)      # (H, T, hd)
     k = linear(x, layer["wk"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)   # (KV, T, hd)
     v = linear(x, layer["wv"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    use_rope = cfg.rope_layers is None or bool(cfg.rope_layers[layer_idx])
+    if use_rope:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cfg.qk_norm:   # Llama 4: each head's q and k RMS-normalised, no gain ("L2Norm")
+            ones = array_module(q).ones(hd, dtype=q.dtype)
+            q, k = rms_norm(q, ones, cfg.norm_eps), rms_norm(k, ones, cfg.norm_eps)
+    elif cfg.attn_temperature:   # Llama 4 NoPE layers: sharper attention far into the context
+        q = q * attn_temperature(start_pos, T, **cfg.attn_temperature, xp=array_module(q))
     if cache is not None:
         k, v = cache.update(layer_idx, start_pos, k, v)
     elif start_pos:
         raise ValueError("start_pos > 0 needs a KV cache holding the earlier positions")
-    out = attention(q, k, v, start_pos)                                         # (H, T, hd)
+    if use_rope and cfg.attention_chunk_size:
+        out = chunked_attention(q, k, v, start_pos, cfg.attention_chunk_size)
+    else:
+        out = attention(q, k, v, start_pos)                                     # (H, T, hd)
     return linear(out.swapaxes(0, 1).reshape(T, cfg.n_heads * hd), layer["wo"])
+
+
+def attn_temperature(start_pos: int, T: int, floor_scale: float, attn_scale: float, xp=np):
+    """Llama 4's query scale on NoPE layers (arXiv 2501.19399): 1 + attn_scale * log(1 + floor((p + 1) /
+    floor_scale)) at position p, so attention does not flatten out over 100K+ keys. -> (T, 1) float32."""
+    pos = np.arange(start_pos, start_pos + T, dtype=np.float32)
+    scale = np.log1p(np.floor((pos + 1.0) / np.float32(floor_scale))) * np.float32(attn_scale) + np.float32(1.0)
+    return xp.asarray(scale.astype(np.float32)[:, None])
+
+
+def chunked_attention(q, k, v, start_pos: int, chunk: int):
+    """Llama 4's local attention on RoPE layers: a query at position p sees only keys of its own
+    chunk, positions chunk * (p // chunk) .. p. Same shapes as ``attention``. Runs ``attention``
+    once per chunk that the new queries touch (one call when decoding)."""
+    xp = array_module(q)
+    outs, a, end = [], start_pos, start_pos + q.shape[1]
+    while a < end:
+        c0 = a - a % chunk                   # first position of a's chunk
+        b = min(c0 + chunk, end)             # queries a..b-1 share that chunk
+        outs.append(attention(q[:, a - start_pos:b - start_pos], k[:, c0:b], v[:, c0:b], a - c0))
+        a = b
+    return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=1)
 
 
 def feed_forward(x, layer: dict, cfg):

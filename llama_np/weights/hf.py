@@ -13,10 +13,10 @@ q/k rows are permuted: transformers' converter reorders each head's rows so that
 (2i, 2i+1)) computes. We undo that with ``rope.hf_to_meta``: for a 16-bit memory map as an
 output reordering (free) rather than by rewriting the weights.
 
-Extending (MoE): per-layer names go through ``layer_name``: add entries to ``LAYER_NAMES``
-(exact suffixes) or append a function ``suffix -> meta suffix or None`` to ``LAYER_RULES``
-(e.g. ``block_sparse_moe.experts.3.w1.weight`` -> ``experts.3.w1``); the names must then also
-be in ``model.param_shapes(cfg)``.
+Mixture of experts (Mixtral, Llama 4): ``hf_moe.convert`` renames and restacks the expert
+tensors that this module leaves under their Hugging Face names. Other extensions: per-layer
+names go through ``layer_name`` (``LAYER_NAMES``, ``LAYER_RULES``) and must then also be in
+``model.param_shapes(cfg)``.
 """
 from __future__ import annotations
 
@@ -122,10 +122,12 @@ def load(folder, dtype: str = "auto", progress: bool = True):
         cfg = ModelConfig.from_hf_config(hf_cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: bad or missing field ({type(e).__name__}: {e})") from None
-    if cfg.n_experts:
-        raise CheckpointError(f"{folder}: mixture-of-experts checkpoints are not supported by this loader yet")
     files = weight_files(folder)
     tensors = read_tensors(files)
+    perms, build = qk_perms(cfg), build_params
+    if cfg.n_experts:   # Mixtral / Llama 4 expert tensors: see hf_moe.py
+        from . import hf_moe
+        (tensors, perms), build = hf_moe.convert(tensors, cfg), hf_moe.build_params
     # Tied head: transformers reuses the embedding when the config says so (ignoring a saved
     # lm_head), and some exports simply leave lm_head out.
     if cfg.tie_embeddings or "output" not in tensors:
@@ -138,5 +140,5 @@ def load(folder, dtype: str = "auto", progress: bool = True):
         if (folder / name).is_file():
             tokenizer = load_tokenizer_if_present(folder / name)
             break
-    params = build_params(tensors, cfg, dtype, perms=qk_perms(cfg), show_progress=progress)
+    params = build(tensors, cfg, dtype, perms=perms, show_progress=progress)
     return cfg, params, tokenizer
