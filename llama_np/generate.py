@@ -1,0 +1,185 @@
+"""Text generation: prefill the prompt once, then decode one token at a time through the KV cache.
+
+    prefill:  logits = forward(prompt, start_pos=0, cache)      # T tokens in one pass (matrix-matrix)
+    decode:   logits = forward([token], start_pos=pos, cache)   # 1 token a step (matrix-vector)
+
+Decoding reads every weight once per token, so its speed is set by memory bandwidth; prefill
+reuses each weight for all T tokens, so it is set by arithmetic.
+
+Choosing the next token from a row of logits (``sample``):
+  * greedy (temperature 0): the argmax; deterministic.
+  * temperature T: softmax(logits / T); T < 1 sharpens, T > 1 flattens.
+  * top-k: keep only the k largest logits (Fan et al. 2018).
+  * top-p / nucleus: keep the smallest set of tokens whose probability adds up to p
+    (Holtzman et al. 2019), so the cut adapts to how confident the model is.
+The random draws come from a seeded ``np.random.Generator``: the same seed gives the same text.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import to_numpy
+from .kv_cache import new_cache
+from .model import forward, nest
+
+
+# ------------------------------------------------------------------------------ sampling
+def check_sampling_args(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        max_new_tokens: int = 0) -> None:
+    """One-line ValueErrors for arguments that make no sense."""
+    if not temperature >= 0:  # also catches NaN
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be a whole number >= 0 (0 means no limit), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 means no limit), got {top_p}")
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens}")
+
+
+def greedy(logits) -> int:
+    """The most likely token. logits: (vocab,)."""
+    return int(np.argmax(logits))
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Set all but the k largest logits to -inf. logits: (vocab,) -> (vocab,). k = 0: unchanged."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k)[-k]            # the k-th largest value, O(vocab)
+    return np.where(logits >= kth, logits, -np.inf)  # ties with the k-th value are all kept
+
+
+def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probabilities sum to >= p; renormalise.
+
+    probs: (vocab,) summing to 1 -> (vocab,). The most likely token is always kept."""
+    if p >= 1.0:
+        return probs
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    # Token j is kept if the tokens before it add up to less than p.
+    n_keep = int(np.searchsorted(cum, p) + 1)
+    out = np.zeros_like(probs)
+    keep = order[:n_keep]
+    out[keep] = probs[keep]
+    return out / out.sum()
+
+
+def softmax_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) in float64 (one row: precision is free, and tiny
+    probabilities in the tail then still add up right)."""
+    x = logits.astype(np.float64) / temperature
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def sample(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, rng=None) -> int:
+    """Pick the next token id from one row of logits (vocab,)."""
+    logits = np.asarray(to_numpy(logits)).reshape(-1)
+    if temperature == 0:
+        return greedy(logits)
+    rng = rng if rng is not None else np.random.default_rng()
+    probs = top_p_filter(softmax_probs(top_k_filter(logits, top_k), temperature), top_p)
+    # Inverse-CDF draw: one uniform number, one binary search (rng.choice checks p every call).
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(probs) - 1))
+
+
+# ---------------------------------------------------------------------------- generation
+@dataclass
+class GenerationResult:
+    ids: list                     # the new token ids (a stop token, if one came, is the last)
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0        # time of the prompt's forward pass (first new token included)
+    decode_s: float = 0.0         # time of the one-token steps after it
+    decode_steps: int = 0
+    stop_reason: str = "length"   # "stop" (a stop token), "length" (max_new_tokens), "context"
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("nan")
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
+
+    def summary(self) -> str:
+        return (f"prompt {self.prompt_tokens} tokens: {self.prefill_tok_s:.1f} tok/s; "
+                f"generated {len(self.ids)} tokens: {self.decode_tok_s:.1f} tok/s ({self.stop_reason})")
+
+
+def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stream=None,
+             stop_ids=None, on_logits=None) -> GenerationResult:
+    """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens.
+
+    params: flat (Meta names) or nested (``model.nest``) weights; tokenizer: used for stop ids and to
+    decode the text passed to ``stream(text)`` as each token arrives (may be None with
+    ``stream=None``). Stops at a stop token (``tokenizer.stop_ids`` unless ``stop_ids`` is given),
+    at ``max_new_tokens``, or when the context is full. ``on_logits(row)`` sees every (vocab,)
+    row used to choose a token (for tests: cached decode vs a full forward).
+    """
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if "layers" not in params:
+        params = nest(params, cfg)
+    prompt = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
+    T = len(prompt)
+    if T == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if T > cfg.max_seq_len:
+        raise ValueError(f"the prompt has {T} tokens, more than the model's context of {cfg.max_seq_len}: "
+                         f"shorten it")
+    if stop_ids is None:
+        stop_ids = set(getattr(tokenizer, "stop_ids", None) or ())
+        if not stop_ids and getattr(tokenizer, "eos_id", None) is not None:
+            stop_ids = {tokenizer.eos_id}
+    stop_ids = {int(s) for s in stop_ids}
+    rng = np.random.default_rng(seed)
+    decode_text = tokenizer.stream_decoder() if (stream is not None and tokenizer is not None) else None
+    result = GenerationResult(ids=[], prompt_tokens=T)
+    if max_new_tokens == 0:
+        return result
+
+    # The last generated token is never fed back, so the cache needs T + max_new - 1 positions.
+    cache = new_cache(cfg, min(T + max_new_tokens - 1, cfg.max_seq_len))
+
+    def emit(logits_row) -> bool:
+        """Choose, record and stream one token; True when generation must stop."""
+        row = to_numpy(logits_row).reshape(-1)
+        if on_logits is not None:
+            on_logits(row)
+        tok = sample(row, temperature, top_k, top_p, rng)
+        result.ids.append(tok)
+        if tok in stop_ids:
+            result.stop_reason = "stop"
+            return True
+        if decode_text is not None:
+            piece = decode_text([tok])
+            if piece:
+                stream(piece)
+        if len(result.ids) >= max_new_tokens:
+            result.stop_reason = "length"
+            return True
+        return False
+
+    t0 = time.perf_counter()
+    logits = forward(params, cfg, prompt, 0, cache, last_only=True)
+    done = emit(logits[-1])
+    t1 = time.perf_counter()
+    result.prefill_s = t1 - t0
+    pos = T
+    while not done:
+        if pos >= cache.max_seq_len:        # the context is full
+            result.stop_reason = "context"
+            break
+        logits = forward(params, cfg, [result.ids[-1]], pos, cache)
+        pos += 1
+        result.decode_steps += 1
+        done = emit(logits[-1])
+    result.decode_s = time.perf_counter() - t1
+    return result
