@@ -30,8 +30,10 @@ def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_facto
     """
     L = float(original_max_position_embeddings)
     wavelen = 2 * math.pi / inv_freq
-    smooth = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    # Llama 4 Scout sets low == high: no blended band, and the 0/0 below is never selected.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        smooth = (L / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
     out = np.where(wavelen < L / high_freq_factor, inv_freq, blended)
     return np.where(wavelen > L / low_freq_factor, inv_freq / factor, out)
 
