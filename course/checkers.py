@@ -241,7 +241,7 @@ def check_function(learner_fn, reference_fn, make_inputs, name: str | None = Non
                     _fail(name, f"changed its input {label} in place",
                           [context, "work on a copy (x = x.copy()) or build a new array instead"])
     print(f"✓ {name} matches {ref_name} on {n_trials} random input{'s' if n_trials != 1 else ''} "
-          f"({'exactly' if exact else f'within {_tol(atol, rtol)}'})")
+          f"({'exactly' if exact or not (atol or rtol) else f'within {_tol(atol, rtol)}'})")
 
 
 def _is_exact(value) -> bool:
@@ -285,7 +285,8 @@ def check_close(got, expected, name: str, atol: float = 1e-5, rtol: float = 0.0,
     if diff:
         _fail(name, diff[0], diff[1])
     n = np.asarray(expected).size
-    print(f"✓ {name} matches the reference ({n} value{'s' if n != 1 else ''} within {_tol(atol, rtol)})")
+    how = "exactly" if not (atol or rtol) else f"within {_tol(atol, rtol)}"
+    print(f"✓ {name} matches the reference ({n} value{'s' if n != 1 else ''} {how})")
 
 
 def check_equal(got, expected, name: str) -> None:
