@@ -131,8 +131,9 @@ def nbval_markers(cell) -> set[str]:
         s = line.strip()
         if s.startswith("#"):
             word = s.lstrip("#").strip()
-            if word.startswith(("NBVAL_", "PYTEST_VALIDATE_IGNORE_OUTPUT")):
-                found.add(word.split()[0] if word.split() else word)
+            # nbval matches the whole comment: "# NBVAL_IGNORE_OUTPUT (why)" is NOT a marker.
+            if word.startswith(("NBVAL_", "PYTEST_VALIDATE_IGNORE_OUTPUT")) and " " not in word:
+                found.add(word)
     for tag in cell.get("metadata", {}).get("tags", []) or []:
         found.add(tag.upper().replace("-", "_"))
     if "PYTEST_VALIDATE_IGNORE_OUTPUT" in found:
