@@ -76,6 +76,26 @@ def gemv_rate(n_bytes: int, repeats: int = 5) -> float:
     return w.nbytes / best
 
 
+def sweep_seconds(params: dict, repeats: int = 5) -> float:
+    """Seconds for one matrix-vector product with every weight matrix of the model, nothing else:
+    the floor for a decode step built from separate BLAS calls (best of ``repeats``)."""
+    mats, seen = [], set()
+    for name, w in _walk(params):
+        if getattr(w, "ndim", 0) == 2 and id(w) not in seen and not name.startswith("tok_embeddings"):
+            seen.add(id(w))
+            mats.append(w)
+    if "output" in params and id(params["output"]) not in seen:
+        mats.append(params["output"])
+    xs = {w.shape[1]: np.ones((1, w.shape[1]), dtype=np.float32) for w in mats}
+    best = math.inf
+    for _ in range(repeats + 1):  # the first pass warms up
+        t = time.perf_counter()
+        for w in mats:
+            xs[w.shape[1]] @ w.T
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 # ---------------------------------------------------------------------------- llama_np
 def bench_llama_np(params, cfg, prompt, new_tokens: int, repeats: int = 2) -> dict:
     generate(params, cfg, None, prompt[:16], max_new_tokens=4, stop_ids=set())  # warm up
@@ -168,7 +188,8 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
     kv = kv_bytes_per_token(cfg, prompt_tokens + new_tokens / 2)
     rate = gemv_rate(max(w_bytes, 256 << 20))
     limit = rate / (w_bytes + kv)
-    res["limit"] = {"decode": limit, "rate": rate, "bytes": w_bytes + kv}
+    sweep = sweep_seconds(params)
+    res["limit"] = {"decode": limit, "rate": rate, "bytes": w_bytes + kv, "sweep_s": sweep}
 
     res["transformers_skipped"] = "--no-peers"
     if peers:
@@ -190,8 +211,11 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
     p(f"{'bandwidth limit (decode)':34s}{'':14s}{limit:14.1f}")
     p(f"  = {rate / 1e9:.1f} GB/s (float32 gemv, measured now) / {(w_bytes + kv) / 1e6:.0f} MB a token "
       f"({w_bytes / 1e6:.0f} MB weights + {kv / 1e6:.1f} MB KV cache)")
+    p(f"  the model's own matrices, one gemv each and nothing else: {sweep * 1e3:.1f} ms a token "
+      f"({1 / sweep:.1f} tok/s)")
     p("")
-    p(f"llama_np decode = {100 * res['llama_np']['decode'] / limit:.0f}% of the bandwidth limit")
+    p(f"llama_np decode = {100 * res['llama_np']['decode'] / limit:.0f}% of the bandwidth limit, "
+      f"{100 * res['llama_np']['decode'] * sweep:.0f}% of the gemv-only sweep")
     if "transformers" in res:
         t = res["transformers"]
         p(f"llama_np / transformers: decode {res['llama_np']['decode'] / t['decode']:.2f}x, "

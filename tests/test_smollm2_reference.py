@@ -89,27 +89,37 @@ def test_logits_match_transformers(smollm2, fx):
         _check_rows(forward(params, cfg, _seq(fx, i)), fx, i)
 
 
-def test_greedy_matches_transformers_generate(smollm2, fx):
-    """32 greedy tokens (or up to EOS) identical to transformers' generate."""
+@pytest.fixture(scope="module")
+def greedy_runs(smollm2, fx):
+    """llama_np's greedy generation on every prompt, with the logits rows it chose from."""
     cfg, params, tok = smollm2
+    runs = []
     for i in _prompts(fx):
+        rows = []
+        r = generate(params, cfg, tok, fx[f"p{i}_ids"], max_new_tokens=mf.MAX_NEW, temperature=0,
+                     on_logits=rows.append)
+        runs.append((r, np.stack(rows)))
+    return runs
+
+
+def test_greedy_matches_transformers_generate(smollm2, fx, greedy_runs):
+    """32 greedy tokens (or up to EOS) identical to transformers' generate."""
+    _, _, tok = smollm2
+    for i, (r, _) in zip(_prompts(fx), greedy_runs):
         # A fair test only where every step had a clear winner (the fixture stores the margins).
         assert fx[f"p{i}_margin"].min() > 2 * ATOL
-        r = generate(params, cfg, tok, fx[f"p{i}_ids"], max_new_tokens=mf.MAX_NEW, temperature=0)
         assert r.ids == fx[f"p{i}_greedy"].tolist(), (i, tok.decode(r.ids))
 
 
-def test_cached_decode_equals_prefill(smollm2, fx):
+def test_cached_decode_equals_prefill(smollm2, fx, greedy_runs):
     """The rows generate() used (prefill, then one token at a time through the KV cache) equal an
     uncached forward over the whole sequence, at every step. Same weights and math, only the BLAS
     path differs (matrix-vector vs matrix-matrix): float32 summation-order noise, ~1e-5 here."""
-    cfg, params, tok = smollm2
-    for i in (0, 4):
-        rows = []
+    cfg, params, _ = smollm2
+    for i, (r, rows) in zip(_prompts(fx), greedy_runs):
         ids = fx[f"p{i}_ids"]
-        r = generate(params, cfg, tok, ids, max_new_tokens=mf.MAX_NEW, temperature=0, on_logits=rows.append)
         full = forward(params, cfg, np.concatenate([ids, r.ids]))[len(ids) - 1:len(ids) - 1 + len(rows)]
-        np.testing.assert_allclose(np.stack(rows), full, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(rows, full, atol=1e-4, rtol=0)
 
 
 def test_gguf_qk_are_in_meta_layout(smollm2, fx):
