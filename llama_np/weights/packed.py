@@ -95,13 +95,12 @@ def _get_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _buffer(n_words: int, name: str) -> np.ndarray:
-    """This thread's reusable uint32 scratch buffer ``name`` of at least n_words.
-    Allocated once per thread: a fresh 4-16 MB array per block would page-fault every time."""
-    buf = getattr(_local, name, None)
+def _buffer(n_words: int) -> np.ndarray:
+    """This thread's reusable 32-bit scratch buffer, at least n_words long. Allocated once per
+    thread: a fresh multi-MB array per block would page-fault its memory in every time."""
+    buf = getattr(_local, "buf", None)
     if buf is None or buf.size < n_words:
-        buf = np.zeros(n_words, dtype=np.uint32)
-        setattr(_local, name, buf)
+        buf = _local.buf = np.zeros(n_words, dtype=np.uint32)
     return buf[:n_words]
 
 
@@ -118,7 +117,6 @@ class PackedWeight:
     """Base: a (out, in) matrix stored compactly. Subclasses fill ``_widen(r0, r1, out)``."""
     is_packed = True
     kind = "?"
-    buffer_name = "f32"
 
     def __init__(self, data: np.ndarray, out_perm: np.ndarray | None = None):
         if data.ndim != 2:
@@ -147,7 +145,7 @@ class PackedWeight:
 
     def _run(self, x: np.ndarray, y: np.ndarray, r0: int, r1: int, block: int) -> None:
         n_in = self.data.shape[1]
-        buf = _buffer(block * n_in, self.buffer_name)
+        buf = _buffer(block * n_in)
         for a in range(r0, r1, block):
             b = min(a + block, r1)
             w = self._widen(a, b, buf[: (b - a) * n_in])
@@ -180,7 +178,7 @@ class PackedWeight:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n_in = self.data.shape[1]
         out = np.empty((len(ids), n_in), dtype=np.float32)
-        buf = _buffer(n_in, self.buffer_name)
+        buf = _buffer(n_in)
         for j, i in enumerate(ids):   # a handful of ids: one row each
             out[j] = self._widen(int(i), int(i) + 1, buf)[0]
             self._scale(out[j:j + 1].T, int(i), int(i) + 1)
@@ -190,7 +188,7 @@ class PackedWeight:
         """The whole matrix as float32, in Meta's row order (tests, GPU upload; 2x the bf16 bytes)."""
         n_out, n_in = self.data.shape
         w = np.empty((n_out, n_in), dtype=np.float32)
-        buf = _buffer(BLOCK_ROWS * n_in, self.buffer_name)
+        buf = _buffer(BLOCK_ROWS * n_in)
         for a in range(0, n_out, BLOCK_ROWS):
             b = min(a + BLOCK_ROWS, n_out)
             w[a:b] = self._widen(a, b, buf[: (b - a) * n_in])
