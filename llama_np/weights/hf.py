@@ -111,7 +111,7 @@ def qk_perms(cfg) -> dict:
     return perms
 
 
-def load(folder, dtype: str = "auto", progress: bool = True):
+def load(folder, dtype: str = "auto", progress: bool = True, tokenizer: bool = True):
     """A Hugging Face Llama folder -> (ModelConfig, flat params {Meta name: weight}, tokenizer or None).
     ``dtype`` as in ``meta.load``: "float32", "bf16" (16-bit memory maps), "int8" or "auto"."""
     folder = Path(folder)
@@ -135,10 +135,10 @@ def load(folder, dtype: str = "auto", progress: bool = True):
         tensors.pop("output", None)
     where = files[0].name if len(files) == 1 else f"{files[0].name}..{files[-1].name}"
     check_tensors(tensors, cfg, f"{folder}/{where}", "config.json")
-    tokenizer = None
-    for name in ("tokenizer.json", "tokenizer.model"):
+    tok = None
+    for name in ("tokenizer.json", "tokenizer.model") if tokenizer else ():
         if (folder / name).is_file():
-            tokenizer = load_tokenizer_if_present(folder / name)
+            tok = load_tokenizer_if_present(folder / name)
             break
     params = build(tensors, cfg, dtype, perms=perms, show_progress=progress)
-    return cfg, params, tokenizer
+    return cfg, params, tok

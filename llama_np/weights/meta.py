@@ -90,7 +90,7 @@ def load_tokenizer_if_present(path: Path):
     return load_tokenizer(path)
 
 
-def load(folder, dtype: str = "auto", progress: bool = True):
+def load(folder, dtype: str = "auto", progress: bool = True, tokenizer: bool = True):
     """A Meta checkpoint folder -> (ModelConfig, flat params {Meta name: weight}, tokenizer or None).
     ``model.nest(params, cfg)`` makes them what ``model.forward`` takes.
 
@@ -122,5 +122,5 @@ def load(folder, dtype: str = "auto", progress: bool = True):
         cfg = cfg.replace(tie_embeddings=True)
     where = paths[0].name if len(paths) == 1 else f"{paths[0].name}..{paths[-1].name}"
     check_tensors(tensors, cfg, f"{folder}/{where}", "params.json")
-    tokenizer = load_tokenizer_if_present(folder / "tokenizer.model")
-    return cfg, build_params(tensors, cfg, dtype, show_progress=progress), tokenizer
+    tok = load_tokenizer_if_present(folder / "tokenizer.model") if tokenizer else None
+    return cfg, build_params(tensors, cfg, dtype, show_progress=progress), tok
