@@ -17,7 +17,7 @@ The random draws come from a seeded ``np.random.Generator``: the same seed gives
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -98,7 +98,6 @@ class GenerationResult:
     decode_s: float = 0.0         # time of the one-token steps after it
     decode_steps: int = 0
     stop_reason: str = "length"   # "stop" (a stop token), "length" (max_new_tokens), "context"
-    timings: dict = field(default_factory=dict)
 
     @property
     def prefill_tok_s(self) -> float:
