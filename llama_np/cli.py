@@ -23,11 +23,11 @@ def _err(msg: str) -> None:
 def _load(model, device: str = "cpu"):
     """(cfg, nested params on the device, tokenizer) for --model (None: the default model)."""
     from .backend import use
-    from .model import nest
+    from .model import fuse, nest
     from .weights import load_model
     xp = use(device)  # first: a missing GPU is reported before seconds of loading
     cfg, flat, tok = load_model(model)
-    params = nest(flat, cfg)
+    params = nest(fuse(flat, cfg), cfg)   # wq|wk|wv and w1|w3 stacked: fewer, larger products
     if device == "gpu":
         params = _to_device(params, xp)
     return cfg, params, tok

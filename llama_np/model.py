@@ -13,7 +13,7 @@ import numpy as np
 
 from .attention import attention
 from .backend import array_module
-from .ffn import swiglu
+from .ffn import silu, swiglu
 from .linear import embed, linear
 from .moe import is_moe_layer, moe_param_shapes
 from .norm import rms_norm
@@ -65,13 +65,48 @@ def random_params(cfg, seed: int = 0, std: float = 0.02) -> dict:
     return nest(flat, cfg)
 
 
+def fuse(flat: dict, cfg) -> dict:
+    """Stack wq|wk|wv into one ``wqkv`` and w1|w3 into one ``w13`` per layer, in place.
+
+    Same numbers, fewer and larger matrix products: one BLAS call instead of three reads x once
+    and pays the call overhead once, which matters when decoding a small model (211 -> 151
+    products a token for SmolLM2). wq, wk, ... stay in the dict as views into the stacked
+    matrices, so nothing is stored twice. Packed (16-bit / int8) weights are left as they are.
+    """
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
+            ws = [flat.get(p + n) for n in parts]
+            if any(w is None or getattr(w, "is_packed", False) for w in ws):
+                continue
+            xp = array_module(ws[0])
+            stacked = xp.concatenate([xp.asarray(w, dtype=xp.float32) for w in ws], axis=0)
+            flat[p + fused] = stacked
+            start = 0
+            for n, w in zip(parts, ws):
+                flat[p + n] = stacked[start:start + w.shape[0]]
+                start += w.shape[0]
+    return flat
+
+
+def qkv_projections(x, layer: dict, cfg):
+    """x: (T, dim) -> q: (H, T, hd), k and v: (KV, T, hd), heads first."""
+    T, hd = x.shape[0], cfg.head_dim
+    if "wqkv" in layer:    # one product, then split the columns (see ``fuse``)
+        y = linear(x, layer["wqkv"])
+        nq, nkv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+        q, k, v = y[:, :nq], y[:, nq:nq + nkv], y[:, nq + nkv:]
+    else:
+        q, k, v = linear(x, layer["wq"]), linear(x, layer["wk"]), linear(x, layer["wv"])
+    return (q.reshape(T, cfg.n_heads, hd).swapaxes(0, 1), k.reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1),
+            v.reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1))
+
+
 def attention_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=None, layer_idx: int = 0):
     """x: (T, dim) normalised input -> (T, dim) attention output (before the residual add)."""
     T = x.shape[0]
     hd = cfg.head_dim
-    q = linear(x, layer["wq"]).reshape(T, cfg.n_heads, hd).swapaxes(0, 1)      # (H, T, hd)
-    k = linear(x, layer["wk"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)   # (KV, T, hd)
-    v = linear(x, layer["wv"]).reshape(T, cfg.n_kv_heads, hd).swapaxes(0, 1)
+    q, k, v = qkv_projections(x, layer, cfg)
     use_rope = cfg.rope_layers is None or bool(cfg.rope_layers[layer_idx])
     if use_rope:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -118,6 +153,10 @@ def feed_forward(x, layer: dict, cfg):
     if "router" in layer:
         from .moe import moe_forward
         return moe_forward(x, layer, cfg)
+    if "w13" in layer:     # gate and up in one product (see ``fuse``)
+        h = linear(x, layer["w13"])
+        F = h.shape[1] // 2
+        return linear(silu(h[:, :F]) * h[:, F:], layer["w2"])
     return swiglu(x, layer["w1"], layer["w2"], layer["w3"])
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import llama_np
 from llama_np import forward, nest, new_cache
+from llama_np.model import fuse
 from tests.fixtures.tiny import make_fixtures
 from tests.fixtures.tiny.configs import CONFIGS, config, make_ids, make_weights, weights_sha256
 
@@ -26,8 +27,11 @@ def load(name):
     return np.load(make_fixtures.HERE / f"{name}.npz")
 
 
-def params(name):
-    return nest(make_weights(name), config(name))
+def params(name, fused=False):
+    w = make_weights(name)
+    if fused:
+        w = fuse(w, config(name))
+    return nest(w, config(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -37,19 +41,21 @@ def test_weights_match_fixture(name):
         "changed?): remake the fixtures with `python -m tests.fixtures.tiny.make_fixtures`")
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
 @pytest.mark.parametrize("name", NAMES)
-def test_prefill_matches_transformers(name):
+def test_prefill_matches_transformers(name, fused):
     fx = load(name)
-    logits = forward(params(name), config(name), fx["ids"])
+    logits = forward(params(name, fused), config(name), fx["ids"])
     assert logits.dtype == np.float32
     np.testing.assert_allclose(logits, fx["logits"], atol=ATOL, rtol=0)
     assert (logits.argmax(-1) == fx["logits"].argmax(-1)).all()
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
 @pytest.mark.parametrize("name", NAMES)
-def test_cached_decode_matches_transformers(name):
+def test_cached_decode_matches_transformers(name, fused):
     """Prefill part of the prompt, then decode one token at a time through the KV cache."""
-    fx, cfg, p = load(name), config(name), params(name)
+    fx, cfg, p = load(name), config(name), params(name, fused)
     ids = fx["ids"]
     cache = new_cache(cfg, len(ids))
     n0 = len(ids) // 3
@@ -116,3 +122,12 @@ def test_fixtures_remake(name):
     np.testing.assert_array_equal(fresh["ids"], old["ids"])
     # Same library versions give identical bits; across torch/BLAS builds allow summation-order noise.
     np.testing.assert_allclose(fresh["logits"], old["logits"], atol=1e-5, rtol=0)
+
+
+def test_fuse_stores_nothing_twice():
+    """After fuse, wq/wk/wv and w1/w3 are views into the stacked matrices, not copies."""
+    layer = params("llama3_gqa", fused=True)["layers"][0]
+    for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
+        assert layer[fused].shape[0] == sum(layer[n].shape[0] for n in parts)
+        assert all(np.shares_memory(layer[n], layer[fused]) for n in parts)
+    np.testing.assert_array_equal(layer["wk"], make_weights("llama3_gqa")["layers.0.wk"])
