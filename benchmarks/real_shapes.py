@@ -244,10 +244,11 @@ def stream_rate(gib: float = 1.0, repeats: int = 3) -> float:
 
 
 def widen_rate(repeats: int = 3) -> float:
-    """bytes/s of bf16 weights through ``BF16Weight.matmul`` (widen + BLAS, all threads) on an
-    8B-shaped FFN matrix held in RAM: the practical limit of the bf16 path."""
+    """bytes/s of bf16 weights through ``BF16Weight.matmul`` (widen + BLAS, all threads) on a
+    352 MB matrix in RAM (3 x an 8B FFN matrix: larger than the L3 caches of these machines):
+    the practical limit of the bf16 path."""
     from llama_np.weights.packed import BF16Weight
-    raw = np.random.default_rng(0).integers(0, 1 << 16, (14336, 4096), dtype=np.uint16)
+    raw = np.random.default_rng(0).integers(0, 1 << 16, (3 * 14336, 4096), dtype=np.uint16)
     raw = (raw & np.uint16(0x807F)) | np.uint16(121 << 7)
     w, x = BF16Weight(raw), np.ones((1, 4096), np.float32)
     w.matmul(x)
@@ -349,15 +350,17 @@ def main(argv=None) -> int:
                 ["--run-transformers", str(base / "hf"), "--tokens", str(tokens)], timeout)
 
     print(f"\n{'run':28s} {'load s':>7s} {'peak RSS GiB':>12s} {'prefill s':>9s} {'1st tok s':>9s} "
-          f"{'decode tok/s':>12s} {'limit tok/s':>11s}")
+          f"{'decode tok/s':>12s} {'GB/s':>5s} {'limit tok/s':>11s}")
     for name, r in results["runs"].items():
         if "error" in r:
             print(f"{name:28s} {r['error']}")
             continue
         lim = f"{r['limit_tok_s']:.2f}" if "limit_tok_s" in r else ""
+        gbs = f"{r['bytes_per_token'] * r['decode_tok_s'] / 1e9:.1f}" if "bytes_per_token" in r else ""
         print(f"{name:28s} {r['load_s']:7.1f} {r['peak_rss'] / 2**30:12.2f} {r['prefill_s']:9.2f} "
-              f"{r['first_token_s']:9.2f} {r['decode_tok_s']:12.2f} {lim:>11s}")
-    print(f"(limit = stream rate / weight bytes read per token; peak RSS target: weights "
+              f"{r['first_token_s']:9.2f} {r['decode_tok_s']:12.2f} {gbs:>5s} {lim:>11s}")
+    print(f"(GB/s: weight bytes read per second while decoding; "
+          f"limit = stream rate / weight bytes read per token; peak RSS target: weights "
           f"{weight_bytes / 2**30:.2f} GiB + 2 GiB = {weight_bytes / 2**30 + 2:.2f} GiB)")
     for k, v in results.items():
         if k.startswith("int8_logit_error"):
