@@ -80,7 +80,8 @@ def read_reference(path) -> list[tuple[list[int], np.ndarray]]:
         n = sorted(int(k[4:]) for k in keys if re.fullmatch(r"ids_\d+", k))
         pairs = [(f"ids_{i}", f"logits_{i}") for i in n]
         if not pairs or any(lg not in keys for _, lg in pairs):
-            raise ValueError(f"{path}: expected arrays 'ids' and 'logits' (or ids_0/logits_0, ...), found {sorted(keys)}")
+            raise ValueError(f"{path}: expected arrays 'ids' and 'logits' (or ids_0/logits_0, ...), "
+                             f"found {sorted(keys)}")
     out = []
     for ik, lk in pairs:
         ids, logits = np.asarray(z[ik]).reshape(-1), np.asarray(z[lk], dtype=np.float32)

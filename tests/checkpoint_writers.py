@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_np.config import ModelConfig, ffn_hidden_size
+from llama_np.config import ModelConfig
 from llama_np.model import random_params
 
 # Llama 2 style: multi-head attention, rope 10k, vocab_size -1 in params.json.

@@ -48,7 +48,8 @@ def test_verify_fails_on_wrong_reference(hf_folder, tmp_path, capsys):
     pairs = read_reference(hf_folder / "ref.npz")
     pairs[1][1][2, 5] += 0.5
     write_reference(tmp_path / "bad.npz", pairs)
-    args = SimpleNamespace(model=str(hf_folder / "hf"), reference=str(tmp_path / "bad.npz"), prompt=None, tolerance=None)
+    args = SimpleNamespace(model=str(hf_folder / "hf"), reference=str(tmp_path / "bad.npz"), prompt=None,
+                           tolerance=None)
     assert cli_verify(args) == 1
     assert "FAIL" in capsys.readouterr().out
     # A looser tolerance accepts it (the argmax of that row did not change).

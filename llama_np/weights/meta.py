@@ -74,7 +74,8 @@ def read_params(folder: Path) -> dict:
     params = read_json(folder / "params.json")
     for key in ("dim", "n_layers", "n_heads"):
         if not isinstance(params.get(key), int) or params[key] <= 0:
-            raise CheckpointError(f"{folder / 'params.json'}: needs a positive integer {key!r}, got {params.get(key)!r}")
+            raise CheckpointError(f"{folder / 'params.json'}: needs a positive integer {key!r}, "
+                                  f"got {params.get(key)!r}")
     return params
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
