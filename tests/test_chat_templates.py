@@ -97,15 +97,9 @@ def test_llama2_finished_dialog_ends_with_eos():
 
 @pytest.fixture(scope="module")
 def smollm2_gguf():
-    from pathlib import Path
-    try:
-        from llama_np.assets import asset_path
-        p = asset_path("smollm2-135m-instruct")
-    except Exception:
-        p = Path.home() / ".cache/llama_np/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not Path(p).exists():
-        pytest.skip("SmolLM2 GGUF not in the cache")
-    return Path(p)
+    from llama_np.assets import fetch
+    p = fetch("smollm2-135m-instruct")      # fetched once into the cache on a fresh machine
+    return p
 
 
 @pytest.fixture(scope="module")

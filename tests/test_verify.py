@@ -134,9 +134,8 @@ def test_published_ids_are_what_the_llama2_tokenizer_gives():
 @pytest.mark.slow
 def test_verify_default_model_against_transformers():
     """The real SmolLM2-135M GGUF: transformers dequantizes it itself and is the reference."""
-    gguf = os.path.expanduser("~/.cache/llama_np/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.exists(gguf):
-        pytest.skip("default model not in the cache")
+    from llama_np.assets import fetch
+    gguf = str(fetch("smollm2-135m-instruct"))
     pytest.importorskip("gguf")
     out = io.StringIO()
     ok = verify(gguf, prompts=["The capital of France is"], out=out)

@@ -212,9 +212,8 @@ def test_meta_tokenizer_detected(tmp_path):
     tk = pytest.importorskip("llama_np.tokenizer")
     if not hasattr(tk, "load_tokenizer"):
         pytest.skip("llama_np.tokenizer.load_tokenizer not available")
-    src = os.path.expanduser("~/.cache/llama_np/llama3-tokenizer/tokenizer.model")
-    if not os.path.exists(src):
-        pytest.skip("Llama 3 tokenizer asset not in the cache")
+    from llama_np.assets import fetch
+    src = fetch("llama3-tokenizer")         # fetched once into the cache on a fresh machine
     spec, cfg, flat = W.tiny("llama3")
     W.write_meta(tmp_path, spec, flat, "bf16")
     os.symlink(src, tmp_path / "tokenizer.model")
