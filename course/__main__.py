@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     except CourseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:   # the course tools need the dev extra (nbformat, nbclient, nbval)
+        print(f"error: {e.name} is not installed: run pip install -e \".[dev]\" first", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
