@@ -13,26 +13,8 @@ import pytest
 from llama_np.tokenizer.base import TokenizerError
 from llama_np.tokenizer.chat import apply_chat_template, chat_segments, encode_chat
 
-# meta-llama/Meta-Llama-3-8B-Instruct, tokenizer_config.json "chat_template"
-LLAMA3_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-    "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-    "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+from tests.fixtures.chat_templates import LLAMA2_TEMPLATE, LLAMA3_TEMPLATE
 
-# meta-llama/Llama-2-7b-chat-hf, tokenizer_config.json "chat_template" (its "\\n" are Jinja escapes)
-LLAMA2_TEMPLATE = (
-    r"{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    r"{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    r"{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    r"{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    r"{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    r"{% endif %}{% if loop.index0 == 0 and system_message != false %}"
-    r"{% set content = '<<SYS>>\n' + system_message + '\n<</SYS>>\n\n' + message['content'] %}"
-    r"{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
-    r"{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-    r"{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 
 SYS = {"role": "system", "content": "You are a terse assistant.\nAnswer in one line."}
 CONVERSATIONS = [
