@@ -176,9 +176,7 @@ def forward(params: dict, cfg, tokens, start_pos: int = 0, cache=None, last_only
     x = embed(tokens, params["tok_embeddings"])
     xp = array_module(x)
     x = xp.asarray(x, dtype=xp.float32)
-    inv_freq = params.get("rope_inv_freq")
-    if inv_freq is None:
-        inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)   # head_dim/2 numbers: cheap
     cos, sin = rope_angles(inv_freq, np.arange(start_pos, start_pos + T), xp)
     for i, layer in enumerate(params["layers"]):
         x = x + attention_block(rms_norm(x, layer["attention_norm"], cfg.norm_eps), layer, cfg,
