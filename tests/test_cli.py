@@ -155,6 +155,15 @@ def test_gpu_without_gpu():
     assert "gpu" in one_line_error(run("generate", "hi", "--device", "gpu")).lower()
 
 
+def test_cpu_allocator_keeps_freed_memory():
+    """On Linux/glibc, use("cpu") asks malloc to reuse freed blocks (backend.reuse_freed_memory)."""
+    import platform
+
+    from llama_np.backend import reuse_freed_memory
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert reuse_freed_memory() is glibc
+
+
 def test_logits_errors_leave_nothing(tiny_gguf, tmp_path):
     out = tmp_path / "x.npy"
     assert "outside the vocabulary" in one_line_error(run("logits", "--model", tiny_gguf, "--ids", "1,99999", "--out", out))
