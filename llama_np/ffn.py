@@ -15,7 +15,9 @@ from .linear import linear
 def silu(x):
     """SiLU / swish: x * sigmoid(x). x: any shape, float32."""
     xp = array_module(x)
-    return x / (1.0 + xp.exp(-x))
+    e = xp.exp(-x)
+    e += 1.0                         # in place: a prefill's (T, hidden) temporaries are megabytes
+    return xp.divide(x, e, out=e)
 
 
 def swiglu(x, w1, w2, w3):

@@ -122,8 +122,28 @@ def attention_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=Non
     if use_rope and cfg.attention_chunk_size:
         out = chunked_attention(q, k, v, start_pos, cfg.attention_chunk_size)
     else:
-        out = attention(q, k, v, start_pos)                                     # (H, T, hd)
+        out = blocked_attention(q, k, v, start_pos)                             # (H, T, hd)
     return linear(out.swapaxes(0, 1).reshape(T, cfg.n_heads * hd), layer["wo"])
+
+
+QUERY_BLOCK = 64   # query rows per ``attention`` call in a long prefill
+
+
+def blocked_attention(q, k, v, start_pos: int = 0, block: int = QUERY_BLOCK):
+    """``attention`` for a long prompt, QUERY_BLOCK queries at a time; same shapes and result.
+
+    A causal mask throws away the upper half of the (T, S) score matrix: work done, then set to
+    -inf. Queries a..b-1 can only see keys 0..start_pos+b-1, so each block gets just those keys
+    and the masked work mostly disappears (n blocks do (n + 1) / 2n of it). Decoding (T = 1) and
+    short prompts are one plain call."""
+    T = q.shape[1]
+    if T <= block:
+        return attention(q, k, v, start_pos)
+    out = array_module(q).empty(q.shape, dtype=q.dtype)
+    for a in range(0, T, block):
+        b = min(a + block, T)
+        out[:, a:b] = attention(q[:, a:b], k[:, :start_pos + b], v[:, :start_pos + b], start_pos + a)
+    return out
 
 
 def attn_temperature(start_pos: int, T: int, floor_scale: float, attn_scale: float, xp=np):
@@ -156,7 +176,9 @@ def feed_forward(x, layer: dict, cfg):
     if "w13" in layer:     # gate and up in one product (see ``fuse``)
         h = linear(x, layer["w13"])
         F = h.shape[1] // 2
-        return linear(silu(h[:, :F]) * h[:, F:], layer["w2"])
+        a = silu(h[:, :F])
+        a *= h[:, F:]
+        return linear(a, layer["w2"])
     return swiglu(x, layer["w1"], layer["w2"], layer["w3"])
 
 
@@ -178,9 +200,14 @@ def forward(params: dict, cfg, tokens, start_pos: int = 0, cache=None, last_only
     x = xp.asarray(x, dtype=xp.float32)
     inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)   # head_dim/2 numbers: cheap
     cos, sin = rope_angles(inv_freq, np.arange(start_pos, start_pos + T), xp)
+    n = len(params["layers"])
     for i, layer in enumerate(params["layers"]):
         x = x + attention_block(rms_norm(x, layer["attention_norm"], cfg.norm_eps), layer, cfg,
                                 cos, sin, start_pos, cache, i)
+        if last_only and i == n - 1:
+            # Past the last attention nothing mixes positions any more: only the last row can
+            # reach the output, so the last FFN runs on one row instead of T.
+            x = x[-1:]
         x = x + feed_forward(rms_norm(x, layer["ffn_norm"], cfg.norm_eps), layer, cfg)
     if last_only:
         x = x[-1:]

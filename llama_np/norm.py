@@ -15,6 +15,9 @@ def rms_norm(x, weight, eps: float = 1e-5):
     """x: (..., dim) float32, weight: (dim,) -> (..., dim) float32."""
     xp = array_module(x)
     x = x.astype(xp.float32, copy=False)
-    ms = (x * x).mean(axis=-1, keepdims=True)
+    # mean(x^2) over the last axis; einsum sums the squares without a (..., dim) temporary.
+    ms = xp.einsum("...i,...i->...", x, x)[..., None] * (1.0 / x.shape[-1])
     # eps is a Python float: a NumPy float64 scalar here would silently promote to float64.
-    return x * (1.0 / xp.sqrt(ms + float(eps))) * weight.astype(xp.float32, copy=False)
+    y = x * (1.0 / xp.sqrt(ms + float(eps)))
+    y *= weight.astype(xp.float32, copy=False)
+    return y

@@ -96,6 +96,26 @@ def test_attention_matches_eager_attention(H, KV, T, start):
     np.testing.assert_allclose(attention(q, k, v, start), ref[0].transpose(0, 1).numpy(), atol=ATOL, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T,start,block", [(150, 0, 64), (130, 7, 32), (64, 3, 64)])
+def test_blocked_attention_matches_eager_attention(T, start, block):
+    """The prefill path: queries in blocks, each seeing only the keys it may see."""
+    from llama_np.model import blocked_attention
+    H, KV, d, S = 6, 2, 16, start + T
+    q = rng.standard_normal((H, T, d), dtype=np.float32)
+    k = rng.standard_normal((KV, S, d), dtype=np.float32)
+    v = rng.standard_normal((KV, S, d), dtype=np.float32)
+
+    class M(torch.nn.Module):
+        num_key_value_groups = H // KV
+        training = False
+
+    ref, _ = llama.eager_attention_forward(M(), t(q)[None], t(k)[None], t(v)[None],
+                                           t(causal_mask(T, start))[None, None], scaling=d ** -0.5, dropout=0.0)
+    out = blocked_attention(q, k, v, start, block)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref[0].transpose(0, 1).numpy(), atol=ATOL, rtol=1e-5)
+
+
 def test_repeat_kv_matches_transformers():
     k = rng.standard_normal((3, 5, 4), dtype=np.float32)
     np.testing.assert_array_equal(repeat_kv(k, 4), llama.repeat_kv(t(k)[None], 4)[0].numpy())
