@@ -25,20 +25,13 @@ def _load(model, device: str = "cpu"):
     from .backend import use
     from .model import fuse, nest
     from .weights import load_model
-    xp = use(device)  # first: a missing GPU is reported before seconds of loading
+    use(device)  # first: a missing GPU is reported before seconds of loading
     cfg, flat, tok = load_model(model)
+    if device == "gpu":   # uploaded once, 16-bit ($LLAMA_NP_GPU_DTYPE: bf16, fp16 or float32)
+        from .gpu import upload
+        return cfg, upload(flat, cfg, os.environ.get("LLAMA_NP_GPU_DTYPE", "bf16")), tok
     params = nest(fuse(flat, cfg), cfg)   # wq|wk|wv and w1|w3 stacked: fewer, larger products
-    if device == "gpu":
-        params = _to_device(params, xp)
     return cfg, params, tok
-
-
-def _to_device(obj, xp):
-    if isinstance(obj, dict):
-        return {k: _to_device(v, xp) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, xp) for v in obj]
-    return xp.asarray(obj) if isinstance(obj, np.ndarray) else obj
 
 
 def _need_tokenizer(tok, what: str):

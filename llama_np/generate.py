@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import array_module, to_numpy
 from .kv_cache import new_cache
 from .model import forward, nest
 
@@ -145,7 +145,8 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
         return result
 
     # The last generated token is never fed back, so the cache needs T + max_new - 1 positions.
-    cache = new_cache(cfg, min(T + max_new_tokens - 1, cfg.max_seq_len))
+    # On the device the weights live on (NumPy or CuPy arrays alike).
+    cache = new_cache(cfg, min(T + max_new_tokens - 1, cfg.max_seq_len), xp=array_module(params["norm"]))
 
     def emit(logits_row) -> bool:
         """Choose, record and stream one token; True when generation must stop."""

@@ -64,8 +64,12 @@ def apply_rope(x, cos, sin):
     x = x.astype(xp.float32, copy=False)
     if x.strides[-1] != x.itemsize:          # the pairs must be adjacent in memory to be viewed
         x = xp.ascontiguousarray(x)
-    pairs = x.view(xp.complex64)                                  # (..., T, head_dim // 2)
-    return (pairs * (cos + 1j * sin)).view(xp.float32)            # complex64 (NEP 50), float32 view
+    try:
+        pairs = x.view(xp.complex64)                              # (..., T, head_dim // 2)
+    except ValueError:                       # CuPy changes the dtype of C-contiguous arrays only
+        pairs = xp.ascontiguousarray(x).view(xp.complex64)
+    cis = (cos + 1j * sin).astype(xp.complex64, copy=False)      # complex64: cos t + i sin t
+    return (pairs * cis).view(xp.float32)
 
 
 def hf_to_meta(w, n_heads: int):

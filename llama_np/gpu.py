@@ -1,0 +1,532 @@
+"""The GPU path: the same Llama on an NVIDIA GPU with CuPy, close to the memory-bandwidth limit.
+
+Two regimes, two tools:
+
+* **Prefill** (a prompt of T tokens) is compute-bound: every weight is used T times. It runs the
+  ordinary model code (``llama_np.model.forward``) on CuPy arrays; each matrix product widens its
+  16-bit weight to float32 and calls cuBLAS. Nothing here is GPU-specific except the arrays.
+* **Decode** (one token) is bandwidth-bound: every weight is read once to do 2 flops, so the speed
+  limit is (bytes of weights) / (HBM bandwidth): Llama 3 8B in 16 bits reads ~15 GB a token, an
+  H100 SXM streams ~3.35 TB/s, so at most ~223 tokens/s. Getting near it takes three things:
+  1. weights kept 16-bit on the GPU (bf16 as raw 16-bit words: CuPy has no bfloat16 dtype;
+     bf16 -> float32 is ``bits << 16``, done inside the kernels);
+  2. matrix-vector kernels that read the weights with wide (16-byte) loads, one warp per row
+     (``gemv_*`` below), instead of a generic GEMM tuned for big matrices;
+  3. few launches: a decode step of Llama 3 8B is ~290 kernels; at ~5-10 us of CPU time per
+     CuPy launch that alone would cap decode near 400 tok/s and, worse, leave the GPU idle
+     between kernels. ``Decoder`` records the whole step once as a CUDA graph and replays it
+     with one launch. CuPy cannot capture cuBLAS in a graph, which is why decode uses only the
+     hand-written kernels here (DESIGN.md section 5).
+
+Importing this module never imports CuPy; everything that needs it calls ``_cp()``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import to_numpy, use
+from .kv_cache import KVCache
+from .model import forward, nest
+from .rope import rope_angles, rope_frequencies
+
+BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
+
+
+def _cp():
+    return use("gpu")
+
+
+def decode_limit(weight_bytes_per_token: float, bandwidth_bytes_per_s: float) -> float:
+    """Tokens/s if decoding did nothing but read its weights once at full bandwidth."""
+    return bandwidth_bytes_per_s / weight_bytes_per_token
+
+
+# ------------------------------------------------------------------------------- kernels
+# One CUDA source, compiled once per process (cupy.RawModule caches the binary on disk too).
+# Scalars are passed as NumPy int32/float32: CuPy passes Python ints as 64-bit.
+KERNELS = r"""
+__device__ __forceinline__ float bf16_to_f32(unsigned int h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float f16_to_f32(unsigned int h) {
+    float f; unsigned short s = (unsigned short)h;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
+    return f;
+}
+
+// y[r] (+)= sum_j W[r, j] x[j].  W: (rows, n) 16-bit, row-major, n % 8 == 0.
+// One warp per row; each lane reads 16 bytes (8 weights) at a time, so a warp reads 512
+// contiguous bytes per step: full-width, coalesced loads are what reach the HBM bandwidth.
+template <int KIND>   // 0: bf16, 1: fp16
+__device__ __forceinline__ void gemv16(const unsigned short* __restrict__ W, const float* __restrict__ x,
+                                       float* __restrict__ y, int rows, int n, int accumulate) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const uint4* w4 = reinterpret_cast<const uint4*>(W + (size_t)row * n);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float acc = 0.f;
+    #pragma unroll 4
+    for (int i = lane; i < n / 8; i += 32) {
+        uint4 p = __ldg(w4 + i);
+        float4 a = x4[2 * i], b = x4[2 * i + 1];
+        if (KIND == 0) {
+            acc += bf16_to_f32(p.x & 0xffffu) * a.x + bf16_to_f32(p.x >> 16) * a.y
+                 + bf16_to_f32(p.y & 0xffffu) * a.z + bf16_to_f32(p.y >> 16) * a.w
+                 + bf16_to_f32(p.z & 0xffffu) * b.x + bf16_to_f32(p.z >> 16) * b.y
+                 + bf16_to_f32(p.w & 0xffffu) * b.z + bf16_to_f32(p.w >> 16) * b.w;
+        } else {
+            acc += f16_to_f32(p.x & 0xffffu) * a.x + f16_to_f32(p.x >> 16) * a.y
+                 + f16_to_f32(p.y & 0xffffu) * a.z + f16_to_f32(p.y >> 16) * a.w
+                 + f16_to_f32(p.z & 0xffffu) * b.x + f16_to_f32(p.z >> 16) * b.y
+                 + f16_to_f32(p.w & 0xffffu) * b.z + f16_to_f32(p.w >> 16) * b.w;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+extern "C" __global__ void gemv_bf16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
+    gemv16<0>(W, x, y, rows, n, acc);
+}
+extern "C" __global__ void gemv_f16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
+    gemv16<1>(W, x, y, rows, n, acc);
+}
+
+// float32 weights (n % 4 == 0): the same warp-per-row scheme, 4 weights per 16-byte load.
+extern "C" __global__ void gemv_f32(const float* __restrict__ W, const float* __restrict__ x,
+                                   float* __restrict__ y, int rows, int n, int accumulate) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float4* w4 = reinterpret_cast<const float4*>(W + (size_t)row * n);
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float acc = 0.f;
+    #pragma unroll 4
+    for (int i = lane; i < n / 4; i += 32) {
+        float4 w = __ldg(w4 + i), a = x4[i];
+        acc += w.x * a.x + w.y * a.y + w.z * a.z + w.w * a.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+// Widen a whole 16-bit matrix to float32 (for cuBLAS in the prefill).
+extern "C" __global__ void widen_bf16(const unsigned short* src, float* dst, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = bf16_to_f32(src[i]);
+}
+extern "C" __global__ void widen_f16(const unsigned short* src, float* dst, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = f16_to_f32(src[i]);
+}
+
+// RMSNorm, one block of 256 threads per row: y = x / sqrt(mean(x^2) + eps) * w.
+extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int dim, float eps) {
+    __shared__ float red[256];
+    const float* xr = x + (size_t)blockIdx.x * dim;
+    float* yr = y + (size_t)blockIdx.x * dim;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) { float v = xr[i]; s += v * v; }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
+        __syncthreads();
+    }
+    float r = 1.0f / sqrtf(red[0] / dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+}
+
+// The token's embedding row, widened. state[0] = token id.
+#define EMBED(NAME, T, CONV) \
+extern "C" __global__ void NAME(const T* E, const int* state, float* x, int dim) { \
+    int j = blockIdx.x * blockDim.x + threadIdx.x; \
+    if (j < dim) x[j] = CONV(E[(size_t)state[0] * dim + j]); \
+}
+__device__ __forceinline__ float f32_id(float v) { return v; }
+EMBED(embed_bf16, unsigned short, bf16_to_f32)
+EMBED(embed_f16, unsigned short, f16_to_f32)
+EMBED(embed_f32, float, f32_id)
+
+// RoPE on the new token's q and k (Meta's neighbouring pairs), then k and v into the cache.
+// qkv: [q (H*hd) | k (KV*hd) | v (KV*hd)]; cos/sin: (max_len, hd/2); state[1] = position.
+// Cache: (n_layers, KV, max_len, hd) float32, the layout of llama_np.kv_cache.KVCache.
+extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const float* sin_t, const int* state,
+                                      float* k_cache, float* v_cache, int H, int KV, int hd,
+                                      int max_len, int layer) {
+    int pos = state[1], half = hd / 2;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int n_rot = (H + KV) * half;
+    if (i < n_rot) {
+        int head = i / half, p = i % half;
+        float c = cos_t[(size_t)pos * half + p], s = sin_t[(size_t)pos * half + p];
+        float* v = qkv + (size_t)head * hd + 2 * p;
+        float a = v[0], b = v[1];
+        float ra = a * c - b * s, rb = a * s + b * c;      // (a + ib)(c + is)
+        if (head < H) { v[0] = ra; v[1] = rb; }
+        else {
+            float* dst = k_cache + (((size_t)layer * KV + (head - H)) * max_len + pos) * hd + 2 * p;
+            dst[0] = ra; dst[1] = rb;
+        }
+    } else if (i < n_rot + KV * hd) {
+        int j = i - n_rot, kv = j / hd, d = j % hd;
+        v_cache[(((size_t)layer * KV + kv) * max_len + pos) * hd + d] = qkv[(size_t)(H + KV) * hd + j];
+    }
+}
+
+// Attention of one new query per head over positions 0..pos (state[1]); one block per head.
+// Shared memory: max_len scores + 256 reduction slots.
+extern "C" __global__ void attn_decode(const float* q, const float* k_cache, const float* v_cache,
+                                       float* out, const int* state, int H, int KV, int hd,
+                                       int max_len, int layer, float scale) {
+    extern __shared__ float sh[];
+    float* scores = sh;
+    float* red = sh + max_len;
+    int h = blockIdx.x, kv = h / (H / KV), S = state[1] + 1;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n_warps = blockDim.x >> 5;
+    const float* qh = q + (size_t)h * hd;
+    const float* K = k_cache + ((size_t)layer * KV + kv) * max_len * hd;
+    const float* V = v_cache + ((size_t)layer * KV + kv) * max_len * hd;
+    for (int s = warp; s < S; s += n_warps) {            // one warp per key: coalesced reads
+        float acc = 0.f;
+        for (int d = lane; d < hd; d += 32) acc += qh[d] * K[(size_t)s * hd + d];
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+        if (lane == 0) scores[s] = acc * scale;
+    }
+    __syncthreads();
+    float m = __int_as_float(0xff800000);                 // -inf; softmax: max, exp, sum
+    for (int s = tid; s < S; s += blockDim.x) m = fmaxf(m, scores[s]);
+    red[tid] = m;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] = fmaxf(red[tid], red[tid + k]);
+        __syncthreads();
+    }
+    m = red[0];
+    __syncthreads();
+    float sum = 0.f;
+    for (int s = tid; s < S; s += blockDim.x) { float e = expf(scores[s] - m); scores[s] = e; sum += e; }
+    red[tid] = sum;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (tid < k) red[tid] += red[tid + k];
+        __syncthreads();
+    }
+    float inv = 1.0f / red[0];
+    for (int d = tid; d < hd; d += blockDim.x) {         // out = p @ V, one thread per column
+        float acc = 0.f;
+        for (int s = 0; s < S; ++s) acc += scores[s] * V[(size_t)s * hd + d];
+        out[(size_t)h * hd + d] = acc * inv;
+    }
+}
+
+// SwiGLU's middle: a = silu(gate) * up, from h13 = [gate (F) | up (F)].
+extern "C" __global__ void swiglu(const float* h13, float* a, int F) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < F) { float g = h13[i]; a[i] = g / (1.0f + expf(-g)) * h13[F + i]; }
+}
+"""
+
+# The RMSNorm kernel on its own: lesson 11's exercise rewrites this one.
+RMS_NORM_SOURCE = KERNELS[KERNELS.index("// RMSNorm"):KERNELS.index("// The token's embedding")]
+
+_module = None
+
+
+def kernel(name: str):
+    """A compiled kernel from KERNELS by name (compiled on first use)."""
+    global _module
+    cp = _cp()
+    if _module is None:
+        _module = cp.RawModule(code=KERNELS, options=("-std=c++14",))
+    return _module.get_function(name)
+
+
+def _grid(n: int, block: int = BLOCK) -> tuple:
+    return (max(1, -(-n // block)),)
+
+
+def rms_norm(x, w, eps: float = 1e-5, out=None):
+    """Fused RMSNorm (one kernel launch). x: (T, dim) float32 cupy, w: (dim,) float32 -> (T, dim)."""
+    cp = _cp()
+    x = cp.ascontiguousarray(x, dtype=cp.float32)
+    out = cp.empty_like(x) if out is None else out
+    T, dim = x.reshape(-1, x.shape[-1]).shape
+    kernel("rms_norm")((T,), (BLOCK,), (x, w, out, np.int32(dim), np.float32(eps)))
+    return out
+
+
+def device_bandwidth(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
+    """HBM bandwidth in bytes/s, from the best of ``repeats`` device-to-device copies of
+    ``n_bytes`` (a copy reads and writes each byte: 2 * n_bytes moved)."""
+    cp = _cp()
+    a = cp.ones(n_bytes // 4, dtype=cp.float32)
+    b = cp.empty_like(a)
+    b[...] = a
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    best = 0.0
+    for _ in range(repeats):
+        start.record()
+        b[...] = a
+        end.record()
+        end.synchronize()
+        best = max(best, 2 * a.nbytes / (cp.cuda.get_elapsed_time(start, end) / 1e3))
+    del a, b
+    return best
+
+
+# -------------------------------------------------------------------------- device weights
+class DeviceWeight:
+    """A (out, in) matrix on the GPU, stored as ``kind`` = "bf16" (raw uint16 bits), "f16" or
+    "f32". ``matmul(x)`` = x @ W.T in float32: a ``gemv_*`` kernel for one token, widen + cuBLAS
+    for many. ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
+    is_packed = True
+
+    def __init__(self, data, kind: str):
+        self.data, self.kind = data, kind
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def widen(self, data=None):
+        """The matrix (or ``data``, rows of it) as float32."""
+        cp = _cp()
+        data = self.data if data is None else data
+        if self.kind == "f32":
+            return data
+        out = cp.empty(data.shape, dtype=cp.float32)
+        n = data.size
+        kernel("widen_bf16" if self.kind == "bf16" else "widen_f16")(
+            _grid(n), (BLOCK,), (cp.ascontiguousarray(data), out, np.int64(n)))
+        return out
+
+    def gemv(self, x, y, accumulate: bool = False) -> None:
+        """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays."""
+        rows, n = self.data.shape
+        name = {"bf16": "gemv_bf16", "f16": "gemv_f16", "f32": "gemv_f32"}[self.kind]
+        kernel(name)(_grid(rows * 32), (BLOCK,), (self.data, x, y, np.int32(rows), np.int32(n), np.int32(accumulate)))
+
+    def matmul(self, x):
+        cp = _cp()
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] == 1 and self.data.shape[1] % 8 == 0:
+            y = cp.empty((1, self.data.shape[0]), dtype=cp.float32)
+            self.gemv(x2[0], y[0])
+        else:     # many tokens: compute-bound, cuBLAS on a float32 copy of W
+            y = x2 @ self.widen().T
+        return y.reshape(*x.shape[:-1], self.data.shape[0])
+
+    def rows(self, ids):
+        cp = _cp()
+        return self.widen(self.data[cp.asarray(np.asarray(ids, dtype=np.int64).reshape(-1))])
+
+
+def _to_bits(w, dtype: str):
+    """Host matrix (float32 array or a llama_np.weights.packed weight) -> (host array, kind)."""
+    from .weights.packed import BF16Weight, F16Weight, f32_to_bf16
+    if isinstance(w, BF16Weight) and dtype == "bf16":
+        raw = w.data if w.out_perm is None else w.data[w.out_perm]
+        return np.ascontiguousarray(raw), "bf16"
+    if isinstance(w, F16Weight) and dtype == "f16":
+        raw = w.data if w.out_perm is None else w.data[w.out_perm]
+        return np.ascontiguousarray(raw).view(np.uint16), "f16"
+    w32 = w.to_float32() if getattr(w, "is_packed", False) else np.asarray(w, dtype=np.float32)
+    if dtype == "bf16":
+        return f32_to_bf16(w32), "bf16"
+    if dtype == "f16":
+        return w32.astype(np.float16).view(np.uint16), "f16"
+    return np.ascontiguousarray(w32), "f32"
+
+
+def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
+    """Weights (flat or nested, as loaded on the host) -> nested weights on the GPU, uploaded once.
+
+    Matrices become ``DeviceWeight``s in ``dtype`` ("bf16", "f16" or "float32"); wq|wk|wv and
+    w1|w3 are stacked (``model.fuse``) so a decode step reads x once per stack; norms stay float32.
+    Only plain Llama layers (no mixture of experts) are supported here.
+    """
+    cp = _cp()
+    kind = {"bf16": "bf16", "fp16": "f16", "f16": "f16", "float32": "f32", "f32": "f32"}.get(dtype)
+    if kind is None:
+        raise ValueError(f"unknown GPU weight dtype {dtype!r}: use bf16, fp16 or float32")
+    if cfg.n_experts:
+        raise ValueError("the GPU path supports dense Llama models only (no mixture of experts)")
+    flat = _flatten(params)
+    out, done = {}, {}
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
+            host = [_to_bits(flat[p + n], kind)[0] for n in parts]
+            out[p + fused] = DeviceWeight(cp.asarray(np.concatenate(host, axis=0)), kind)
+        for n in ("wo", "w2"):
+            bits, _ = _to_bits(flat[p + n], kind)
+            out[p + n] = DeviceWeight(cp.asarray(bits), kind)
+        for n in ("attention_norm", "ffn_norm"):
+            out[p + n] = cp.asarray(np.asarray(flat[p + n], dtype=np.float32))
+    out["norm"] = cp.asarray(np.asarray(flat["norm"], dtype=np.float32))
+    for name in ("tok_embeddings", "output"):
+        w = flat.get(name)
+        if w is None or id(w) in done:
+            continue
+        bits, _ = _to_bits(w, kind)
+        out[name] = done[id(w)] = DeviceWeight(cp.asarray(bits), kind)
+    if "output" not in out or cfg.tie_embeddings:
+        out["output"] = out["tok_embeddings"]
+    return nest(out, cfg)
+
+
+def _flatten(params: dict) -> dict:
+    """Nested params -> flat Meta names (flat ones are returned as they are)."""
+    if "layers" not in params:
+        return params
+    flat = {k: v for k, v in params.items() if k != "layers"}
+    for i, layer in enumerate(params["layers"]):
+        flat.update({f"layers.{i}.{k}": v for k, v in layer.items()})
+    if flat.get("output") is flat.get("tok_embeddings"):
+        flat.pop("output")
+    return flat
+
+
+# ----------------------------------------------------------------------------- decoding
+class Decoder:
+    """Prefill with the model code, then decode one token at a time with fused kernels, the
+    whole step recorded once as a CUDA graph and replayed.
+
+        dec = Decoder(upload(params, cfg), cfg, max_len=640)
+        logits = dec.prefill(prompt_ids)         # (vocab,) float32 on the GPU
+        logits = dec.step(next_id)               # the same buffer, overwritten each step
+
+    ``graph=False`` launches the ~9 kernels per layer one by one instead (to see what the graph
+    saves). Works for plain Llama configs (RoPE on every layer, no qk-norm, no chunked attention).
+    """
+
+    def __init__(self, params, cfg, max_len: int, graph: bool = True):
+        cp = _cp()
+        if cfg.rope_layers is not None or cfg.qk_norm or cfg.attention_chunk_size or cfg.n_experts:
+            raise ValueError("Decoder supports plain Llama models (Llama 2/3); use generate() for others")
+        if (max_len + BLOCK) * 4 > 48 * 1024:
+            raise ValueError(f"Decoder keeps a row of scores in shared memory: max_len <= {48 * 256 - BLOCK}")
+        for name, n in (("dim", cfg.dim), ("n_heads * head_dim", cfg.n_heads * cfg.head_dim),
+                        ("hidden_dim", cfg.hidden_dim)):
+            if n % 8:
+                raise ValueError(f"Decoder's matrix-vector kernels read 8 weights at a time: {name} = {n} "
+                                 f"is not a multiple of 8")
+        if cfg.n_heads % cfg.n_kv_heads:
+            raise ValueError("n_heads must be a multiple of n_kv_heads")
+        self.params, self.cfg, self.max_len = params, cfg, max_len
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
+        shape = (cfg.n_layers, KV, max_len, hd)
+        with self.stream:
+            self.cache = KVCache(cp.zeros(shape, dtype=cp.float32), cp.zeros(shape, dtype=cp.float32))
+            cos, sin = rope_angles(rope_frequencies(hd, cfg.rope_theta, cfg.rope_scaling), np.arange(max_len), cp)
+            self.cos, self.sin = cp.ascontiguousarray(cos), cp.ascontiguousarray(sin)
+            self.state = cp.zeros(2, dtype=cp.int32)                # [token, position]
+            self.x = cp.zeros(D, dtype=cp.float32)                  # the residual stream
+            self.xn = cp.zeros(D, dtype=cp.float32)
+            self.qkv = cp.zeros((H + 2 * KV) * hd, dtype=cp.float32)
+            self.att = cp.zeros(H * hd, dtype=cp.float32)
+            self.h13 = cp.zeros(2 * cfg.hidden_dim, dtype=cp.float32)
+            self.a = cp.zeros(cfg.hidden_dim, dtype=cp.float32)
+            self.logits = cp.zeros(cfg.vocab_size, dtype=cp.float32)
+        self.pos = 0
+        self.graph = None
+        self.use_graph = graph
+        self.graph_error = None
+
+    # The decode step as a list of launches; the graph records exactly these.
+    def _launch(self) -> None:
+        cfg, P = self.cfg, self.params
+        H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
+        i32, f32 = np.int32, np.float32
+        eps = f32(cfg.norm_eps)
+        emb = P["tok_embeddings"]
+        kernel("embed_" + emb.kind)(_grid(D), (BLOCK,), (emb.data, self.state, self.x, i32(D)))
+        scale = f32(1.0 / math.sqrt(hd))
+        n_rot = (H + KV) * (hd // 2) + KV * hd
+        for i, layer in enumerate(P["layers"]):
+            kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["attention_norm"], self.xn, i32(D), eps))
+            layer["wqkv"].gemv(self.xn, self.qkv)
+            kernel("rope_store")(_grid(n_rot), (BLOCK,), (self.qkv, self.cos, self.sin, self.state,
+                                 self.cache.k, self.cache.v, i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))
+            kernel("attn_decode")((H,), (BLOCK,), (self.qkv, self.cache.k, self.cache.v, self.att, self.state,
+                                  i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i), scale),
+                                  shared_mem=(self.max_len + BLOCK) * 4)
+            layer["wo"].gemv(self.att, self.x, accumulate=True)          # x += wo @ att
+            kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["ffn_norm"], self.xn, i32(D), eps))
+            layer["w13"].gemv(self.xn, self.h13)
+            kernel("swiglu")(_grid(cfg.hidden_dim), (BLOCK,), (self.h13, self.a, i32(cfg.hidden_dim)))
+            layer["w2"].gemv(self.a, self.x, accumulate=True)            # x += w2 @ a
+        kernel("rms_norm")((1,), (BLOCK,), (self.x, P["norm"], self.xn, i32(D), eps))
+        P["output"].gemv(self.xn, self.logits)
+
+    def _capture(self) -> None:
+        """Record the step once; on failure keep launching kernels one by one (and say why)."""
+        try:
+            self.stream.begin_capture()
+            try:
+                self._launch()
+            finally:
+                graph = self.stream.end_capture()
+            self.graph = graph
+        except Exception as e:     # an old CuPy or driver: correct either way, only slower
+            self.graph, self.use_graph = None, False
+            self.graph_error = f"{type(e).__name__}: {e}"
+
+    def prefill(self, ids):
+        """Run the prompt through the model code (cuBLAS), filling the cache. -> (vocab,) logits."""
+        ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+        if not 0 < len(ids) < self.max_len:
+            raise ValueError(f"the prompt must have 1..{self.max_len - 1} tokens for this Decoder")
+        with self.stream:
+            logits = forward(self.params, self.cfg, ids, 0, self.cache, last_only=True)
+            self.logits[...] = logits[0]
+        self.pos = len(ids)
+        return self.logits
+
+    def step(self, token: int):
+        """Feed one token at the next position -> (vocab,) logits (a buffer reused every step)."""
+        if self.pos >= self.max_len:
+            raise ValueError(f"the Decoder's cache is full ({self.max_len} positions)")
+        with self.stream:
+            self.state[...] = np.array([int(token), self.pos], dtype=np.int32)   # read by the kernels
+            if self.use_graph and self.graph is None:
+                self._launch()                 # first step: compiles kernels, then record
+                self.stream.synchronize()
+                self._capture()
+            elif self.graph is not None:
+                self.graph.launch(self.stream)
+            else:
+                self._launch()
+        self.pos += 1
+        return self.logits
+
+    def greedy(self, ids, n_new: int) -> list:
+        """Prefill, then ``n_new`` greedy tokens (argmax on the GPU; one int crosses per step)."""
+        cp = _cp()
+        logits = self.prefill(ids)
+        out = []
+        for _ in range(n_new):
+            with self.stream:
+                tok = int(cp.argmax(logits))
+            out.append(tok)
+            if len(out) == n_new:
+                break
+            logits = self.step(tok)
+        return out
+
+
+def forward_gpu(params, cfg, tokens, start_pos: int = 0, cache=None, last_only: bool = False):
+    """``model.forward`` on uploaded params, returning NumPy logits (for tests and the CLI)."""
+    return to_numpy(forward(params, cfg, tokens, start_pos, cache, last_only))
+
+
+__all__ = ["Decoder", "DeviceWeight", "KERNELS", "RMS_NORM_SOURCE", "decode_limit", "device_bandwidth",
+           "forward_gpu", "kernel", "rms_norm", "upload"]

@@ -1,0 +1,150 @@
+"""A NumPy stand-in for CuPy and for llama_np.gpu's CUDA kernels, so the GPU path's orchestration
+(upload, buffer layouts, kernel arguments, CUDA-graph replay) is tested on machines without a GPU.
+
+Each emulated kernel takes exactly the arguments its CUDA twin in ``llama_np.gpu.KERNELS`` takes,
+in the same order, and computes the same thing with NumPy: so a wrong offset, a swapped argument
+or a value baked into the graph at capture time fails here too. What this cannot catch is a bug
+*inside* a kernel's CUDA code; tests/test_gpu.py checks those on a real GPU.
+
+Graph capture is emulated as CUDA does it: between ``begin_capture`` and ``end_capture`` launches
+are recorded with their arguments (arrays by reference, like device pointers; scalars by value)
+and not run; ``Graph.launch`` replays them.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from llama_np.weights.packed import bf16_to_f32
+
+
+def _f16(bits):
+    return np.asarray(bits).view(np.float16).astype(np.float32)
+
+
+def _widen(kind: str, data):
+    return {"bf16": bf16_to_f32, "f16": _f16, "f32": lambda a: np.asarray(a, dtype=np.float32)}[kind](data)
+
+
+def _gemv(kind):
+    def run(W, x, y, rows, n, acc):
+        assert W.shape == (int(rows), int(n)) and x.shape == (int(n),) and y.shape == (int(rows),)
+        r = _widen(kind, W) @ x
+        y[...] = y + r if int(acc) else r
+    return run
+
+
+def _widen_kernel(kind):
+    def run(src, dst, n):
+        dst.reshape(-1)[: int(n)] = _widen(kind, src.reshape(-1)[: int(n)])
+    return run
+
+
+def rms_norm(x, w, y, dim, eps):
+    xr = x.reshape(-1, int(dim))
+    r = 1.0 / np.sqrt((xr * xr).mean(axis=-1, keepdims=True) + np.float32(eps))
+    y.reshape(-1, int(dim))[...] = xr * r * w
+
+
+def _embed(kind):
+    def run(E, state, x, dim):
+        x[: int(dim)] = _widen(kind, E[int(state[0])])
+    return run
+
+
+def rope_store(qkv, cos_t, sin_t, state, k_cache, v_cache, H, KV, hd, max_len, layer):
+    H, KV, hd, layer, pos = int(H), int(KV), int(hd), int(layer), int(state[1])
+    assert k_cache.shape[2] == int(max_len)
+    heads = qkv[: (H + KV) * hd].reshape(H + KV, hd // 2, 2)
+    a, b = heads[..., 0].copy(), heads[..., 1].copy()
+    c, s = cos_t[pos], sin_t[pos]
+    ra, rb = a * c - b * s, a * s + b * c
+    heads[:H, :, 0], heads[:H, :, 1] = ra[:H], rb[:H]
+    k_cache[layer, :, pos] = np.stack([ra[H:], rb[H:]], axis=-1).reshape(KV, hd)
+    v_cache[layer, :, pos] = qkv[(H + KV) * hd:].reshape(KV, hd)
+
+
+def attn_decode(q, k_cache, v_cache, out, state, H, KV, hd, max_len, layer, scale):
+    H, KV, hd, layer, S = int(H), int(KV), int(hd), int(layer), int(state[1]) + 1
+    qh = q[: H * hd].reshape(KV, H // KV, hd)
+    K, V = k_cache[layer, :, :S], v_cache[layer, :, :S]            # (KV, S, hd)
+    scores = qh @ K.swapaxes(1, 2) * np.float32(scale)             # (KV, n_rep, S)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out[: H * hd] = (p @ V).reshape(H * hd)
+
+
+def swiglu(h13, a, F):
+    F = int(F)
+    g = h13[:F]
+    a[:F] = g / (1.0 + np.exp(-g)) * h13[F:2 * F]
+
+
+KERNELS = {
+    "gemv_bf16": _gemv("bf16"), "gemv_f16": _gemv("f16"), "gemv_f32": _gemv("f32"),
+    "widen_bf16": _widen_kernel("bf16"), "widen_f16": _widen_kernel("f16"),
+    "rms_norm": rms_norm, "embed_bf16": _embed("bf16"), "embed_f16": _embed("f16"), "embed_f32": _embed("f32"),
+    "rope_store": rope_store, "attn_decode": attn_decode, "swiglu": swiglu,
+}
+
+
+class Recorder:
+    """Shared state of the fake device: whether a stream is capturing, and what it recorded."""
+
+    def __init__(self):
+        self.capturing = None       # a list while capturing
+        self.launches = 0           # kernels actually run (not recorded)
+
+
+def fake_kernel(rec: Recorder):
+    def kernel(name):
+        fn = KERNELS[name]
+
+        def launch(grid, block, args, shared_mem=0, stream=None):
+            assert all(isinstance(a, (np.ndarray, np.generic)) for a in args), \
+                f"{name}: scalars must be NumPy int32/float32 (CuPy passes Python ints as 64-bit)"
+            if rec.capturing is not None:
+                rec.capturing.append((fn, args))
+            else:
+                rec.launches += 1
+                fn(*args)
+        return launch
+    return kernel
+
+
+def fake_cupy(rec: Recorder):
+    """numpy, plus the bits of cupy.cuda that llama_np.gpu touches."""
+
+    class Graph:
+        def __init__(self, calls):
+            self.calls = calls
+
+        def launch(self, stream=None):
+            for fn, args in self.calls:
+                rec.launches += 1
+                fn(*args)
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+        def begin_capture(self, mode=None):
+            rec.capturing = []
+
+        def end_capture(self):
+            calls, rec.capturing = rec.capturing, None
+            return Graph(calls)
+
+    cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    cp.cuda = types.SimpleNamespace(Stream=Stream)
+    return cp

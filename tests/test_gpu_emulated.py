@@ -1,0 +1,164 @@
+"""The GPU path's plumbing on the CPU: llama_np.gpu with CuPy and its kernels replaced by the NumPy
+emulator in tests/gpu_emulator.py. Upload layouts, kernel arguments, the decode step's buffers and
+the CUDA-graph replay are checked against llama_np's NumPy model (itself checked against
+transformers). The kernels' CUDA code runs in tests/test_gpu.py, on a GPU machine."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llama_np import gpu
+from llama_np.kv_cache import new_cache
+from llama_np.model import forward, fuse, nest
+from llama_np.weights.packed import BF16Weight, f32_to_bf16
+from tests import gpu_emulator
+from tests.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16
+
+NAMES = ["llama2_mha", "llama3_gqa", "tied", "llama31_scaled"]
+
+
+def bf16_matrices(w):
+    """What upload(..., "bf16") keeps: matrices rounded to bf16, norm gains float32."""
+    return {k: round_to_bf16(v) if v.ndim == 2 else v for k, v in w.items()}
+
+
+@pytest.fixture
+def rec(monkeypatch):
+    r = gpu_emulator.Recorder()
+    fake = gpu_emulator.fake_cupy(r)
+    monkeypatch.setattr(gpu, "_cp", lambda: fake)
+    monkeypatch.setattr(gpu, "kernel", gpu_emulator.fake_kernel(r))
+    return r
+
+
+def numpy_decode(w, cfg, ids, n_steps, next_ids):
+    """Reference: llama_np's NumPy model, prefill then cached decode of ``next_ids``."""
+    params = nest(dict(w), cfg)
+    cache = new_cache(cfg, len(ids) + n_steps)
+    rows = [forward(params, cfg, ids, 0, cache, last_only=True)[0]]
+    for i, t in enumerate(next_ids[:n_steps]):
+        rows.append(forward(params, cfg, [t], len(ids) + i, cache)[0])
+    return np.stack(rows)
+
+
+def test_upload_stacks_and_ties(rec):
+    cfg = config("tied")
+    w = make_weights("tied")
+    dev = gpu.upload(w, cfg, "bf16")
+    layer = dev["layers"][1]
+    np.testing.assert_array_equal(layer["wqkv"].data, np.concatenate(
+        [f32_to_bf16(w["layers.1." + n]) for n in ("wq", "wk", "wv")]))
+    np.testing.assert_array_equal(layer["w13"].data, np.concatenate(
+        [f32_to_bf16(w["layers.1." + n]) for n in ("w1", "w3")]))
+    assert dev["output"] is dev["tok_embeddings"] and layer["wo"].kind == "bf16"
+    assert layer["ffn_norm"].dtype == np.float32
+
+
+def test_upload_takes_packed_bf16_as_is(rec):
+    """A memory-mapped bf16 checkpoint goes up as its own bits, in Meta's row order."""
+    raw = f32_to_bf16(np.random.default_rng(0).standard_normal((8, 16), dtype=np.float32))
+    perm = np.arange(8)[::-1].copy()
+    bits, kind = gpu._to_bits(BF16Weight(raw, perm), "bf16")
+    assert kind == "bf16"
+    np.testing.assert_array_equal(bits, raw[perm])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_model_code_on_uploaded_weights(rec, name, dtype):
+    """Prefill through model.forward on DeviceWeights (widen + matmul, gemv for one row)."""
+    cfg, w, ids = config(name), make_weights(name), make_ids(name)[:20]
+    ref_w = w if dtype == "float32" else bf16_matrices(w)
+    ref = forward(nest(dict(ref_w), cfg), cfg, ids)
+    out = forward(gpu.upload(w, cfg, dtype), cfg, ids)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("graph", [True, False])
+def test_decoder_matches_numpy(rec, name, graph):
+    cfg, w, ids = config(name), make_weights(name), make_ids(name)
+    prompt, nxt = ids[:12], ids[12:20]
+    ref = numpy_decode(w, cfg, prompt, len(nxt), nxt)
+    dec = gpu.Decoder(gpu.upload(w, cfg, "float32"), cfg, max_len=32, graph=graph)
+    rows = [dec.prefill(prompt).copy()]
+    for t in nxt:
+        rows.append(dec.step(int(t)).copy())
+    np.testing.assert_allclose(np.stack(rows), ref, atol=1e-5, rtol=1e-5)
+    assert (dec.graph is not None) == graph and dec.graph_error is None
+
+
+def test_graph_replays_the_same_launches(rec):
+    """After the first step the graph replays exactly the launches one step makes."""
+    cfg, w, ids = config("llama3_gqa"), make_weights("llama3_gqa"), make_ids("llama3_gqa")
+    dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=32)
+    dec.prefill(ids[:5])
+    dec.step(int(ids[5]))
+    per_step = 3 + 9 * cfg.n_layers         # embed, final norm, head + 9 per layer
+    assert len(dec.graph.calls) == per_step
+    before = rec.launches
+    dec.step(int(ids[6]))
+    assert rec.launches - before == per_step
+
+
+def test_bf16_decoder_matches_numpy_on_rounded_weights(rec):
+    cfg, w, ids = config("llama3_gqa"), make_weights("llama3_gqa"), make_ids("llama3_gqa")
+    ref = numpy_decode(bf16_matrices(w), cfg, ids[:10], 6, ids[10:])
+    dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=24)
+    rows = [dec.prefill(ids[:10]).copy()] + [dec.step(int(t)).copy() for t in ids[10:16]]
+    np.testing.assert_allclose(np.stack(rows), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_matches_numpy_greedy(rec):
+    cfg, w, ids = config("tied"), make_weights("tied"), make_ids("tied")[:6]
+    params, cache, out, t = nest(dict(w), cfg), new_cache(cfg, 16), [], None
+    logits = forward(params, cfg, ids, 0, cache, last_only=True)
+    for i in range(8):
+        t = int(np.argmax(logits[-1]))
+        out.append(t)
+        logits = forward(params, cfg, [t], len(ids) + i, cache)
+    assert gpu.Decoder(gpu.upload(w, cfg, "float32"), cfg, max_len=16).greedy(ids, 8) == out
+
+
+def test_capture_failure_falls_back(rec, monkeypatch):
+    cfg, w, ids = config("tied"), make_weights("tied"), make_ids("tied")
+    dec = gpu.Decoder(gpu.upload(w, cfg, "float32"), cfg, max_len=16)
+
+    def refuse(mode=None):
+        raise RuntimeError("capture not supported")
+    monkeypatch.setattr(dec.stream, "begin_capture", refuse)
+    ref = numpy_decode(w, cfg, ids[:4], 3, ids[4:])
+    rows = [dec.prefill(ids[:4]).copy()] + [dec.step(int(t)).copy() for t in ids[4:7]]
+    np.testing.assert_allclose(np.stack(rows), ref, atol=1e-5, rtol=1e-5)
+    assert dec.graph is None and "capture not supported" in dec.graph_error
+
+
+def test_decoder_refuses_what_it_cannot_run(rec):
+    cfg = config("tied")
+    w = gpu.upload(make_weights("tied"), cfg, "float32")
+    with pytest.raises(ValueError, match="max_len"):
+        gpu.Decoder(w, cfg, max_len=100_000)
+    bad = config("tied").__class__(**{**config("tied").__dict__, "dim": 44, "n_heads": 4, "n_kv_heads": 2})
+    with pytest.raises(ValueError, match="multiple of 8"):
+        gpu.Decoder(w, bad, max_len=16)
+    dec = gpu.Decoder(w, cfg, max_len=8)
+    with pytest.raises(ValueError, match="1..7 tokens"):
+        dec.prefill(list(range(8)))
+
+
+def test_limits_and_sources_without_a_gpu():
+    assert gpu.decode_limit(15.0e9, 3.35e12) == pytest.approx(223.3, abs=0.1)
+    assert 'extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int dim, float eps)' \
+        in gpu.RMS_NORM_SOURCE
+    import subprocess
+    import sys
+    code = "import sys, llama_np.gpu, llama_np.cli; assert 'cupy' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0   # CuPy only when used
+
+
+def test_fuse_is_not_needed_before_upload(rec):
+    """upload() stacks the matrices itself, from fused or unfused host params alike."""
+    cfg, w = config("llama3_gqa"), make_weights("llama3_gqa")
+    a = gpu.upload(w, cfg, "float32")
+    b = gpu.upload(fuse(dict(w), cfg), cfg, "float32")
+    np.testing.assert_array_equal(a["layers"][0]["wqkv"].data, b["layers"][0]["wqkv"].data)
