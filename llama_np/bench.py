@@ -213,7 +213,8 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
         raise ValueError("bench needs --prompt-tokens >= 1 and --new-tokens >= 2")
     use(device)
     if device == "gpu":
-        raise ValueError("bench --device gpu is not implemented yet; run it on the cpu")
+        raise ValueError("bench --device gpu: run `python benchmarks/gpu.py` (checks the GPU path, then "
+                         "measures Llama 3 8B's shape against transformers and the HBM limit)")
     path = resolve(model)
     cfg, flat, _ = load_model(model)
     params = nest(flat, cfg)                      # as stored: for the byte count and the gemv sweep

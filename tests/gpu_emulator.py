@@ -145,6 +145,24 @@ def fake_cupy(rec: Recorder):
             calls, rec.capturing = rec.capturing, None
             return Graph(calls)
 
+    class RandomState:
+        def __init__(self, seed=0):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, shape, dtype=np.float32):
+            return self.rng.standard_normal(shape, dtype=dtype)
+
+    class Device:
+        def synchronize(self):
+            pass
+
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
-    cp.cuda = types.SimpleNamespace(Stream=Stream)
+    cp.__version__ = "emulated"
+    cp.asnumpy = lambda a: np.array(a, copy=True)   # a copy, as from the device
+    cp.random = types.SimpleNamespace(RandomState=RandomState)
+    cp.get_default_memory_pool = lambda: pool
+    cp.cuda = types.SimpleNamespace(
+        Stream=Stream, Device=Device,
+        runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"NumPy emulation"}))
     return cp

@@ -162,3 +162,33 @@ def test_fuse_is_not_needed_before_upload(rec):
     a = gpu.upload(w, cfg, "float32")
     b = gpu.upload(fuse(dict(w), cfg), cfg, "float32")
     np.testing.assert_array_equal(a["layers"][0]["wqkv"].data, b["layers"][0]["wqkv"].data)
+
+
+def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
+    """benchmarks/gpu.py end to end on the emulator, shapes shrunk: the script must not be the
+    thing that fails on the GPU machine."""
+    import importlib.util
+    from pathlib import Path
+
+    import llama_np.backend as backend
+    spec = importlib.util.spec_from_file_location(
+        "gpu_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fake = gpu._cp()
+    real_use = backend.use
+    fake_use = lambda device=None: fake if device == "gpu" else real_use("cpu")  # noqa: E731
+    monkeypatch.setattr(bench, "use", fake_use)
+    monkeypatch.setattr(gpu, "device_bandwidth", lambda *a, **k: 3.0e12)
+    monkeypatch.setattr(bench, "SMOLLM2", dict(bench.SMOLLM2, n_layers=2, vocab_size=512))
+    monkeypatch.setattr(bench, "LLAMA3_8B", dict(bench.TINY, vocab_size=600))
+    monkeypatch.setattr("llama_np.weights.load_model", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    rc = bench.main(["--prompt-tokens", "16", "--new-tokens", "4", "--skip-transformers"])
+    cap = capsys.readouterr()
+    out = cap.out
+    assert rc == 0, out + cap.err
+    assert "all stages ran" in out and "limit" in out and "graph=True" in out
+    pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
+    cfg = bench.ModelConfig(**bench.TINY)
+    t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
+    assert t["decode_tok_s"] > 0 and t["prefill_tok_s"] > 0
