@@ -12,6 +12,7 @@
 #    (random bf16 weights made on the GPU) against transformers eager bf16 and the HBM limit.
 # Copy the figures it prints into the README's performance section with the device and the date.
 set -u
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # works even if the editable install fails
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
 PY=python3

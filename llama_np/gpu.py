@@ -176,26 +176,33 @@ extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const floa
 }
 
 // Attention of one new query per head over positions 0..pos (state[1]); one block per head.
-// Shared memory: max_len scores + 256 reduction slots.
+// Threads work in groups of G = hd/4 (<= 32, so a group sits inside one warp), each thread one
+// float4 of a key or value row: every load is 16 bytes and a group reads a row in one go.
+// Shared memory: max_len scores (padded to 4), then 4 * blockDim floats for the reductions.
 extern "C" __global__ void attn_decode(const float* q, const float* k_cache, const float* v_cache,
                                        float* out, const int* state, int H, int KV, int hd,
                                        int max_len, int layer, float scale) {
     extern __shared__ float sh[];
     float* scores = sh;
-    float* red = sh + max_len;
+    float* red = sh + ((max_len + 3) & ~3);
     int h = blockIdx.x, kv = h / (H / KV), S = state[1] + 1;
-    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n_warps = blockDim.x >> 5;
-    const float* qh = q + (size_t)h * hd;
-    const float* K = k_cache + ((size_t)layer * KV + kv) * max_len * hd;
-    const float* V = v_cache + ((size_t)layer * KV + kv) * max_len * hd;
-    for (int s = warp; s < S; s += n_warps) {            // one warp per key: coalesced reads
-        float acc = 0.f;
-        for (int d = lane; d < hd; d += 32) acc += qh[d] * K[(size_t)s * hd + d];
-        for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
-        if (lane == 0) scores[s] = acc * scale;
+    int tid = threadIdx.x, G = hd / 4, g = tid / G, c = tid % G, n_groups = blockDim.x / G;
+    size_t head = ((size_t)layer * KV + kv) * max_len * G;           // in float4s
+    const float4* K4 = reinterpret_cast<const float4*>(k_cache) + head;
+    const float4* V4 = reinterpret_cast<const float4*>(v_cache) + head;
+    float4 qc = reinterpret_cast<const float4*>(q + (size_t)h * hd)[c];
+    // 1. scores: group g takes keys g, g + n_groups, ...; every lane of a warp runs the same
+    //    number of rounds, so the shuffles below always have all 32 lanes.
+    for (int base = 0; base < S; base += n_groups) {
+        int s = base + g;
+        float v = 0.f;
+        if (s < S) { float4 k = K4[(size_t)s * G + c]; v = qc.x * k.x + qc.y * k.y + qc.z * k.z + qc.w * k.w; }
+        for (int o = G / 2; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (c == 0 && s < S) scores[s] = v * scale;
     }
     __syncthreads();
-    float m = __int_as_float(0xff800000);                 // -inf; softmax: max, exp, sum
+    // 2. softmax: max, exp, sum
+    float m = __int_as_float(0xff800000);                 // -inf
     for (int s = tid; s < S; s += blockDim.x) m = fmaxf(m, scores[s]);
     red[tid] = m;
     __syncthreads();
@@ -214,10 +221,25 @@ extern "C" __global__ void attn_decode(const float* q, const float* k_cache, con
         __syncthreads();
     }
     float inv = 1.0f / red[0];
-    for (int d = tid; d < hd; d += blockDim.x) {         // out = p @ V, one thread per column
-        float acc = 0.f;
-        for (int s = 0; s < S; ++s) acc += scores[s] * V[(size_t)s * hd + d];
-        out[(size_t)h * hd + d] = acc * inv;
+    // 3. out = p @ V: group g sums keys g, g + n_groups, ... for its float4 column c,
+    //    then the n_groups partial sums of each column are added through shared memory.
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = g; s < S; s += n_groups) {
+        float p = scores[s];
+        float4 v = V4[(size_t)s * G + c];
+        acc.x += p * v.x; acc.y += p * v.y; acc.z += p * v.z; acc.w += p * v.w;
+    }
+    __syncthreads();                                      // everyone has read red[0]
+    float4* part = reinterpret_cast<float4*>(red);
+    part[tid] = acc;                                      // tid == g * G + c
+    __syncthreads();
+    if (tid < G) {
+        float4 t = part[tid];
+        for (int k = 1; k < n_groups; ++k) {
+            float4 u = part[k * G + tid];
+            t.x += u.x; t.y += u.y; t.z += u.z; t.w += u.w;
+        }
+        reinterpret_cast<float4*>(out + (size_t)h * hd)[tid] = make_float4(t.x * inv, t.y * inv, t.z * inv, t.w * inv);
     }
 }
 
@@ -411,8 +433,12 @@ class Decoder:
         cp = _cp()
         if cfg.rope_layers is not None or cfg.qk_norm or cfg.attention_chunk_size or cfg.n_experts:
             raise ValueError("Decoder supports plain Llama models (Llama 2/3); use generate() for others")
-        if (max_len + BLOCK) * 4 > 48 * 1024:
-            raise ValueError(f"Decoder keeps a row of scores in shared memory: max_len <= {48 * 256 - BLOCK}")
+        if self._shared_bytes(max_len) > 48 * 1024:
+            raise ValueError(f"Decoder keeps a row of scores in shared memory: max_len <= {12 * 1024 - 4 * BLOCK}")
+        hd = cfg.head_dim
+        if hd % 4 or hd // 4 > 32 or BLOCK % (hd // 4):
+            raise ValueError(f"Decoder's attention kernel needs head_dim a multiple of 4, at most 128, "
+                             f"dividing {4 * BLOCK}: got {hd}")
         for name, n in (("dim", cfg.dim), ("n_heads * head_dim", cfg.n_heads * cfg.head_dim),
                         ("hidden_dim", cfg.hidden_dim)):
             if n % 8:
@@ -441,6 +467,11 @@ class Decoder:
         self.use_graph = graph
         self.graph_error = None
 
+    @staticmethod
+    def _shared_bytes(max_len: int) -> int:
+        """attn_decode's shared memory: the scores (padded to 4), then 4 floats per thread."""
+        return (-(-max_len // 4) * 4 + 4 * BLOCK) * 4
+
     # The decode step as a list of launches; the graph records exactly these.
     def _launch(self) -> None:
         cfg, P = self.cfg, self.params
@@ -458,7 +489,7 @@ class Decoder:
                                  self.cache.k, self.cache.v, i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))
             kernel("attn_decode")((H,), (BLOCK,), (self.qkv, self.cache.k, self.cache.v, self.att, self.state,
                                   i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i), scale),
-                                  shared_mem=(self.max_len + BLOCK) * 4)
+                                  shared_mem=self._shared_bytes(self.max_len))
             layer["wo"].gemv(self.att, self.x, accumulate=True)          # x += wo @ att
             kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["ffn_norm"], self.xn, i32(D), eps))
             layer["w13"].gemv(self.xn, self.h13)

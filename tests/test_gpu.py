@@ -73,7 +73,7 @@ def test_rms_norm_kernel(T, dim):
     np.testing.assert_allclose(out, rms_norm(x, w, 1e-5), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("H,KV,hd,pos", [(8, 2, 64, 0), (32, 8, 128, 300), (9, 3, 64, 17)])
+@pytest.mark.parametrize("H,KV,hd,pos", [(8, 2, 64, 0), (32, 8, 128, 300), (9, 3, 64, 17), (4, 2, 8, 5), (6, 6, 16, 319)])
 def test_rope_store_and_attention_kernels(H, KV, hd, pos):
     L, max_len, layer = 2, 320, 1
     qkv = rng.standard_normal((H + 2 * KV) * hd, dtype=np.float32)
@@ -93,7 +93,7 @@ def test_rope_store_and_attention_kernels(H, KV, hd, pos):
     q, kc2, vc2 = got
     out = np.zeros(H * hd, dtype=np.float32)
     args = (q, kc2, vc2, out, state, i32(H), i32(KV), i32(hd), i32(max_len), i32(layer), np.float32(hd ** -0.5))
-    (att,) = run("attn_decode", (H,), (gpu.BLOCK,), args, [3], shared_mem=(max_len + gpu.BLOCK) * 4)
+    (att,) = run("attn_decode", (H,), (gpu.BLOCK,), args, [3], shared_mem=gpu.Decoder._shared_bytes(max_len))
     ref_out = out.copy()
     emu.attn_decode(q, kc2, vc2, ref_out, *args[4:])
     np.testing.assert_allclose(att, ref_out, atol=1e-5, rtol=1e-4)
