@@ -127,6 +127,26 @@ def time_decode(dec, prompt, n_new: int) -> dict:
             "decode_mean_tok_s": len(steps) / float(np.sum(steps))}
 
 
+def time_model_code_decode(params, cfg, prompt, n_new: int) -> float:
+    """Decode tokens/s through ``model.forward`` itself on the GPU: the same gemv kernels for the
+    weights, but every norm, RoPE, softmax and add a separate CuPy call (~30 launches a layer).
+    Beside the Decoder's figures this shows what the fused kernels and the graph save."""
+    from llama_np.gpu import KVCache
+    cp = use("gpu")
+    shape = (cfg.n_layers, cfg.n_kv_heads, len(prompt) + n_new + 2, cfg.head_dim)
+    cache = KVCache(cp.zeros(shape, dtype=cp.float32), cp.zeros(shape, dtype=cp.float32))
+    logits = forward(params, cfg, prompt, 0, cache, last_only=True)
+    pos, steps = len(prompt), []
+    for i in range(n_new + 2):
+        t = time.perf_counter()
+        tok = int(cp.argmax(logits[-1]))
+        logits = forward(params, cfg, [tok], pos, cache)
+        pos += 1
+        if i >= 2:                       # the first steps compile CuPy's elementwise kernels
+            steps.append(time.perf_counter() - t)
+    return 1.0 / float(np.median(steps))
+
+
 def device_params(cfg, kind: str = "bf16", seed: int = 0, std: float = 0.02):
     """Random weights of cfg's shape made on the GPU (bf16 as raw bits by truncation)."""
     from llama_np import gpu
@@ -280,6 +300,8 @@ def main(argv=None) -> int:
             dec = gpu.Decoder(dev, cfg, max_len=args.prompt_tokens + args.new_tokens + 8, graph=graph)
             r[f"graph={graph}"] = time_decode(dec, prompt, args.new_tokens)
             p(f"  bf16 graph={graph}: " + ", ".join(f"{k} {v:.1f}" for k, v in r[f"graph={graph}"].items()))
+        r["model_code_decode_tok_s"] = time_model_code_decode(dev, cfg, prompt, min(32, args.new_tokens))
+        p(f"  bf16 through model.forward (unfused CuPy ops): decode {r['model_code_decode_tok_s']:.1f} tok/s")
         return r
     stage("smollm2", results, smollm2)
 
@@ -305,6 +327,9 @@ def main(argv=None) -> int:
                   f"{t['decode_tok_s']:.1f} tok/s = {t['pct_of_limit']:.0f}% of the limit"
                   + (f" (graph failed: {dec.graph_error})" if dec.graph_error else ""))
                 del dec
+            r["model_code_decode_tok_s"] = time_model_code_decode(params, cfg, prompt, min(32, args.new_tokens))
+            p(f"  llama_np bf16 through model.forward (unfused CuPy ops): decode "
+              f"{r['model_code_decode_tok_s']:.1f} tok/s")
             del params
             cp.get_default_memory_pool().free_all_blocks()
             if not args.skip_transformers:
@@ -322,6 +347,19 @@ def main(argv=None) -> int:
             return r
         stage("8b", results, llama3_8b)
 
+    r = results.get("8b", {})
+    if "limit_tok_s" in r:
+        p(f"\nSUMMARY {results['date']} {results['device']}: Llama 3 8B shape, bf16, batch 1, "
+          f"prompt {args.prompt_tokens}, decode {args.new_tokens}")
+        p(f"  HBM {r['bandwidth_GBs']:.0f} GB/s -> decode limit {r['limit_tok_s']:.0f} tok/s")
+        for k in ("llama_np graph=True", "llama_np graph=False", "transformers eager bf16"):
+            if isinstance(r.get(k), dict):
+                p(f"  {k:26s} prefill {r[k]['prefill_tok_s']:8.0f} tok/s  decode {r[k]['decode_tok_s']:7.1f} tok/s"
+                  f"  ({r[k]['pct_of_limit']:.0f}% of the limit)")
+        if "model_code_decode_tok_s" in r:
+            p(f"  {'llama_np model.forward':26s} {'':22s}decode {r['model_code_decode_tok_s']:7.1f} tok/s")
+        if "ratio_decode" in r:
+            p(f"  llama_np / transformers: decode {r['ratio_decode']:.2f}x, prefill {r['ratio_prefill']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
