@@ -51,12 +51,15 @@ def attention(q, k, v, start_pos: int = 0):
     # Heads kv*n_rep .. kv*n_rep+n_rep-1 share KV head kv: fold them into one axis.
     # Scale q, not the scores: the same numbers, on d columns instead of S.
     qg = q.reshape(KV, n_rep * T, d) * (1.0 / math.sqrt(d))       # Python float: stays float32
-    # The scores are built transposed, keys down the rows: (KV, S, n_rep*T). The softmax then
-    # reduces over axis 1, which NumPy does with whole-row vector operations, ~3x faster than
-    # the many short reductions along the last axis. Same numbers, same result.
+    if T == 1:   # decoding: one row of scores per head, which may see every key
+        probs = softmax(qg @ k.swapaxes(-1, -2), axis=-1)         # (KV, n_rep, S)
+        return (probs @ v).reshape(H, T, d)
+    # A prompt: the scores are built transposed, keys down the rows: (KV, S, n_rep*T). The
+    # softmax then reduces over axis 1, which NumPy does with whole-row vector operations, ~3x
+    # faster than the many short reductions along the last axis. Same numbers, same result.
     scores_t = k @ qg.swapaxes(-1, -2)                            # (KV, S, n_rep*T)
-    if T > 1:   # keys before start_pos are visible to every new query: mask only the last T
-        s = scores_t.reshape(KV, S, n_rep, T)                     # a view: the mask lands in scores_t
-        s[:, S - T:] += causal_mask(T, 0, xp).T[:, None, :]       # (key, 1, query)
+    # keys before start_pos are visible to every new query: only the last T rows get the mask
+    s = scores_t.reshape(KV, S, n_rep, T)                         # a view: the mask lands in scores_t
+    s[:, S - T:] += causal_mask(T, 0, xp).T[:, None, :]           # (key, 1, query)
     probs_t = softmax(scores_t, axis=1)
     return (probs_t.swapaxes(-1, -2) @ v).reshape(H, T, d)        # (KV, n_rep*T, S) @ (KV, S, d)
