@@ -127,8 +127,16 @@ def cmd_generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    decoder = None
+    if args.device == "gpu":   # the fused, graph-captured decode loop where the model allows it
+        from .gpu import Decoder
+        max_len = min(len(ids) + args.max_new_tokens, cfg.max_seq_len)
+        try:
+            decoder = Decoder(params, cfg, max_len) if len(ids) < max_len else None
+        except ValueError:     # Llama 4 / MoE, odd sizes, very long contexts: the model code on CuPy
+            decoder = None
     r = generate(params, cfg, tok, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=stream)
+                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=stream, decoder=decoder)
     sys.stdout.write("\n")
     sys.stdout.flush()
     print(f"llama_np: {r.summary()}", file=sys.stderr)

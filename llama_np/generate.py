@@ -114,7 +114,7 @@ class GenerationResult:
 
 def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stream=None,
-             stop_ids=None, on_logits=None) -> GenerationResult:
+             stop_ids=None, on_logits=None, decoder=None) -> GenerationResult:
     """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens.
 
     params: flat (Meta names) or nested (``model.nest``) weights; tokenizer: used for stop ids and to
@@ -122,6 +122,10 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
     ``stream=None``). Stops at a stop token (``tokenizer.stop_ids`` unless ``stop_ids`` is given),
     at ``max_new_tokens``, or when the context is full. ``on_logits(row)`` sees every (vocab,)
     row used to choose a token (for tests: cached decode vs a full forward).
+
+    ``decoder`` (optional) replaces the forward-with-cache steps by an object with
+    ``prefill(ids) -> (vocab,)``, ``step(token) -> (vocab,)`` and ``max_len``, such as
+    ``llama_np.gpu.Decoder`` (fused GPU kernels); sampling, stopping and streaming stay here.
     """
     check_sampling_args(temperature, top_k, top_p, max_new_tokens)
     if "layers" not in params:
@@ -144,9 +148,25 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
     if max_new_tokens == 0:
         return result
 
-    # The last generated token is never fed back, so the cache needs T + max_new - 1 positions.
-    # On the device the weights live on (NumPy or CuPy arrays alike).
-    cache = new_cache(cfg, min(T + max_new_tokens - 1, cfg.max_seq_len), xp=array_module(params["norm"]))
+    if decoder is None:
+        # The last generated token is never fed back, so the cache needs T + max_new - 1 positions.
+        # On the device the weights live on (NumPy or CuPy arrays alike).
+        cache = new_cache(cfg, min(T + max_new_tokens - 1, cfg.max_seq_len), xp=array_module(params["norm"]))
+        max_len = cache.max_seq_len
+
+        def prefill(ids):
+            return forward(params, cfg, ids, 0, cache, last_only=True)[-1]
+
+        def step(token, pos):
+            return forward(params, cfg, [token], pos, cache)[-1]
+    else:
+        max_len = decoder.max_len
+
+        def prefill(ids):
+            return decoder.prefill(ids)
+
+        def step(token, pos):
+            return decoder.step(token)
 
     def emit(logits_row) -> bool:
         """Choose, record and stream one token; True when generation must stop."""
@@ -168,18 +188,17 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
         return False
 
     t0 = time.perf_counter()
-    logits = forward(params, cfg, prompt, 0, cache, last_only=True)
-    done = emit(logits[-1])
+    done = emit(prefill(prompt))
     t1 = time.perf_counter()
     result.prefill_s = t1 - t0
     pos = T
     while not done:
-        if pos >= cache.max_seq_len:        # the context is full
+        if pos >= max_len:                  # the context is full
             result.stop_reason = "context"
             break
-        logits = forward(params, cfg, [result.ids[-1]], pos, cache)
+        logits = step(result.ids[-1], pos)
         pos += 1
         result.decode_steps += 1
-        done = emit(logits[-1])
+        done = emit(logits)
     result.decode_s = time.perf_counter() - t1
     return result

@@ -178,3 +178,14 @@ def test_cli_generate_on_gpu(smollm2):
                         "--temperature", "0", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_generate_decoder_matches_model_code(smollm2):
+    """The CLI path: generate() with the fused Decoder gives the greedy tokens of the model code on CuPy."""
+    from llama_np.generate import generate
+    cfg, flat, tok = smollm2
+    ids = tok.encode("Once upon a time", bos=bool(getattr(tok, "add_bos", False)))
+    dev = gpu.upload(flat, cfg, "bf16")
+    a = generate(dev, cfg, tok, ids, max_new_tokens=16, temperature=0)
+    b = generate(dev, cfg, tok, ids, max_new_tokens=16, temperature=0, decoder=gpu.Decoder(dev, cfg, len(ids) + 16))
+    assert a.ids == b.ids

@@ -192,3 +192,17 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     cfg = bench.ModelConfig(**bench.TINY)
     t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
     assert t["decode_tok_s"] > 0 and t["prefill_tok_s"] > 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_generate_with_the_decoder(rec, temperature):
+    """generate(..., decoder=Decoder) picks the same tokens as generate() on the NumPy model."""
+    from llama_np.generate import generate
+    cfg, w, ids = config("llama3_gqa"), make_weights("llama3_gqa"), make_ids("llama3_gqa")[:8]
+    ref = generate(nest(dict(w), cfg), cfg, None, ids, max_new_tokens=10, temperature=temperature, seed=3,
+                   stop_ids=set())
+    dev = gpu.upload(w, cfg, "float32")
+    dec = gpu.Decoder(dev, cfg, max_len=len(ids) + 10)
+    got = generate(dev, cfg, None, ids, max_new_tokens=10, temperature=temperature, seed=3, stop_ids=set(),
+                   decoder=dec)
+    assert got.ids == ref.ids and got.stop_reason == ref.stop_reason == "length"
