@@ -32,6 +32,7 @@ from .model import forward, nest
 from .rope import rope_angles, rope_frequencies
 
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
+ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
 
 
 def _cp():
@@ -175,35 +176,48 @@ extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const floa
     }
 }
 
-// Attention of one new query per head over positions 0..pos (state[1]); one block per head.
+// Attention of one new query per head over positions 0..pos (state[1]), split over the keys
+// ("flash-decoding"): block (h, part) takes keys part*chunk .. part*chunk+chunk-1 of head h and
+// writes its own max m, sum l = sum exp(score - m) and acc = sum exp(score - m) v; attn_combine
+// then merges the parts. One block per head would leave most of the GPU idle (32 blocks for
+// Llama 3 8B) while each block reads its whole K and V alone.
 // Threads work in groups of G = hd/4 (<= 32, so a group sits inside one warp), each thread one
 // float4 of a key or value row: every load is 16 bytes and a group reads a row in one go.
-// Shared memory: max_len scores (padded to 4), then 4 * blockDim floats for the reductions.
-extern "C" __global__ void attn_decode(const float* q, const float* k_cache, const float* v_cache,
-                                       float* out, const int* state, int H, int KV, int hd,
-                                       int max_len, int layer, float scale) {
+// Shared memory: chunk scores (padded to 4), then 4 * blockDim floats for the reductions.
+extern "C" __global__ void attn_partial(const float* q, const float* k_cache, const float* v_cache,
+                                        float* pm, float* pl, float* pacc, const int* state,
+                                        int H, int KV, int hd, int max_len, int layer, float scale,
+                                        int chunk) {
     extern __shared__ float sh[];
     float* scores = sh;
-    float* red = sh + ((max_len + 3) & ~3);
-    int h = blockIdx.x, kv = h / (H / KV), S = state[1] + 1;
+    float* red = sh + ((chunk + 3) & ~3);
+    int h = blockIdx.x, part = blockIdx.y, n_parts = gridDim.y;
+    int kv = h / (H / KV), S = state[1] + 1;
+    int s0 = part * chunk, n = min(s0 + chunk, S) - s0;          // keys of this part (may be <= 0)
+    size_t o = (size_t)h * n_parts + part;
     int tid = threadIdx.x, G = hd / 4, g = tid / G, c = tid % G, n_groups = blockDim.x / G;
-    size_t head = ((size_t)layer * KV + kv) * max_len * G;           // in float4s
+    if (n <= 0) {                                         // past the last position: an empty part
+        if (tid == 0) { pm[o] = __int_as_float(0xff800000); pl[o] = 0.f; }
+        if (tid < G) reinterpret_cast<float4*>(pacc + o * hd)[tid] = make_float4(0.f, 0.f, 0.f, 0.f);
+        return;                                           // the whole block leaves together
+    }
+    size_t head = (((size_t)layer * KV + kv) * max_len + s0) * G;   // in float4s
     const float4* K4 = reinterpret_cast<const float4*>(k_cache) + head;
     const float4* V4 = reinterpret_cast<const float4*>(v_cache) + head;
     float4 qc = reinterpret_cast<const float4*>(q + (size_t)h * hd)[c];
     // 1. scores: group g takes keys g, g + n_groups, ...; every lane of a warp runs the same
     //    number of rounds, so the shuffles below always have all 32 lanes.
-    for (int base = 0; base < S; base += n_groups) {
-        int s = base + g;
+    for (int base = 0; base < n; base += n_groups) {
+        int j = base + g;
         float v = 0.f;
-        if (s < S) { float4 k = K4[(size_t)s * G + c]; v = qc.x * k.x + qc.y * k.y + qc.z * k.z + qc.w * k.w; }
-        for (int o = G / 2; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (c == 0 && s < S) scores[s] = v * scale;
+        if (j < n) { float4 k = K4[(size_t)j * G + c]; v = qc.x * k.x + qc.y * k.y + qc.z * k.z + qc.w * k.w; }
+        for (int off = G / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (c == 0 && j < n) scores[j] = v * scale;
     }
     __syncthreads();
-    // 2. softmax: max, exp, sum
+    // 2. this part's max and sum of exp
     float m = __int_as_float(0xff800000);                 // -inf
-    for (int s = tid; s < S; s += blockDim.x) m = fmaxf(m, scores[s]);
+    for (int j = tid; j < n; j += blockDim.x) m = fmaxf(m, scores[j]);
     red[tid] = m;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
@@ -213,33 +227,51 @@ extern "C" __global__ void attn_decode(const float* q, const float* k_cache, con
     m = red[0];
     __syncthreads();
     float sum = 0.f;
-    for (int s = tid; s < S; s += blockDim.x) { float e = expf(scores[s] - m); scores[s] = e; sum += e; }
+    for (int j = tid; j < n; j += blockDim.x) { float e = expf(scores[j] - m); scores[j] = e; sum += e; }
     red[tid] = sum;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
         if (tid < k) red[tid] += red[tid + k];
         __syncthreads();
     }
-    float inv = 1.0f / red[0];
-    // 3. out = p @ V: group g sums keys g, g + n_groups, ... for its float4 column c,
-    //    then the n_groups partial sums of each column are added through shared memory.
+    if (tid == 0) { pm[o] = m; pl[o] = red[0]; }
+    // 3. acc = sum_j exp(score_j - m) v_j: group g sums keys g, g + n_groups, ... for its float4
+    //    column c, then the groups' partial sums of each column meet in shared memory.
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s = g; s < S; s += n_groups) {
-        float p = scores[s];
-        float4 v = V4[(size_t)s * G + c];
+    for (int j = g; j < n; j += n_groups) {
+        float p = scores[j];
+        float4 v = V4[(size_t)j * G + c];
         acc.x += p * v.x; acc.y += p * v.y; acc.z += p * v.z; acc.w += p * v.w;
     }
-    __syncthreads();                                      // everyone has read red[0]
-    float4* part = reinterpret_cast<float4*>(red);
-    part[tid] = acc;                                      // tid == g * G + c
+    __syncthreads();                                      // red[0] has been read
+    float4* part4 = reinterpret_cast<float4*>(red);
+    part4[tid] = acc;                                     // tid == g * G + c
     __syncthreads();
     if (tid < G) {
-        float4 t = part[tid];
+        float4 t = part4[tid];
         for (int k = 1; k < n_groups; ++k) {
-            float4 u = part[k * G + tid];
+            float4 u = part4[k * G + tid];
             t.x += u.x; t.y += u.y; t.z += u.z; t.w += u.w;
         }
-        reinterpret_cast<float4*>(out + (size_t)h * hd)[tid] = make_float4(t.x * inv, t.y * inv, t.z * inv, t.w * inv);
+        reinterpret_cast<float4*>(pacc + o * hd)[tid] = t;
+    }
+}
+
+// Merge the parts of each head: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p, M = max m_p.
+// (An empty part has m = -inf, so its weight exp(-inf) is 0.)  One block per head.
+extern "C" __global__ void attn_combine(const float* pm, const float* pl, const float* pacc, float* out,
+                                        int hd, int n_parts) {
+    int h = blockIdx.x;
+    const float* m = pm + (size_t)h * n_parts;
+    const float* l = pl + (size_t)h * n_parts;
+    float M = m[0];                                       // part 0 always holds position 0
+    for (int p = 1; p < n_parts; ++p) M = fmaxf(M, m[p]);
+    float L = 0.f;
+    for (int p = 0; p < n_parts; ++p) L += l[p] * expf(m[p] - M);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int p = 0; p < n_parts; ++p) a += pacc[((size_t)h * n_parts + p) * hd + d] * expf(m[p] - M);
+        out[(size_t)h * hd + d] = a / L;
     }
 }
 
@@ -425,7 +457,7 @@ class Decoder:
         logits = dec.prefill(prompt_ids)         # (vocab,) float32 on the GPU
         logits = dec.step(next_id)               # the same buffer, overwritten each step
 
-    ``graph=False`` launches the ~9 kernels per layer one by one instead (to see what the graph
+    ``graph=False`` launches the 10 kernels per layer one by one instead (to see what the graph
     saves). Works for plain Llama configs (RoPE on every layer, no qk-norm, no chunked attention).
     """
 
@@ -433,8 +465,6 @@ class Decoder:
         cp = _cp()
         if cfg.rope_layers is not None or cfg.qk_norm or cfg.attention_chunk_size or cfg.n_experts:
             raise ValueError("Decoder supports plain Llama models (Llama 2/3); use generate() for others")
-        if self._shared_bytes(max_len) > 48 * 1024:
-            raise ValueError(f"Decoder keeps a row of scores in shared memory: max_len <= {12 * 1024 - 4 * BLOCK}")
         hd = cfg.head_dim
         if hd % 4 or hd // 4 > 32 or BLOCK % (hd // 4):
             raise ValueError(f"Decoder's attention kernel needs head_dim a multiple of 4, at most 128, "
@@ -459,6 +489,10 @@ class Decoder:
             self.xn = cp.zeros(D, dtype=cp.float32)
             self.qkv = cp.zeros((H + 2 * KV) * hd, dtype=cp.float32)
             self.att = cp.zeros(H * hd, dtype=cp.float32)
+            self.n_parts = -(-max_len // ATTN_CHUNK)             # attention split over the keys
+            self.pm = cp.zeros(H * self.n_parts, dtype=cp.float32)
+            self.pl = cp.zeros(H * self.n_parts, dtype=cp.float32)
+            self.pacc = cp.zeros(H * self.n_parts * hd, dtype=cp.float32)
             self.h13 = cp.zeros(2 * cfg.hidden_dim, dtype=cp.float32)
             self.a = cp.zeros(cfg.hidden_dim, dtype=cp.float32)
             self.logits = cp.zeros(cfg.vocab_size, dtype=cp.float32)
@@ -468,9 +502,10 @@ class Decoder:
         self.graph_error = None
 
     @staticmethod
-    def _shared_bytes(max_len: int) -> int:
-        """attn_decode's shared memory: the scores (padded to 4), then 4 floats per thread."""
-        return (-(-max_len // 4) * 4 + 4 * BLOCK) * 4
+    def _shared_bytes(chunk: int = None) -> int:
+        """attn_partial's shared memory: a chunk of scores (padded to 4), then 4 floats a thread."""
+        chunk = ATTN_CHUNK if chunk is None else chunk
+        return (-(-chunk // 4) * 4 + 4 * BLOCK) * 4
 
     # The decode step as a list of launches; the graph records exactly these.
     def _launch(self) -> None:
@@ -487,9 +522,10 @@ class Decoder:
             layer["wqkv"].gemv(self.xn, self.qkv)
             kernel("rope_store")(_grid(n_rot), (BLOCK,), (self.qkv, self.cos, self.sin, self.state,
                                  self.cache.k, self.cache.v, i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))
-            kernel("attn_decode")((H,), (BLOCK,), (self.qkv, self.cache.k, self.cache.v, self.att, self.state,
-                                  i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i), scale),
-                                  shared_mem=self._shared_bytes(self.max_len))
+            kernel("attn_partial")((H, self.n_parts), (BLOCK,), (
+                self.qkv, self.cache.k, self.cache.v, self.pm, self.pl, self.pacc, self.state, i32(H), i32(KV),
+                i32(hd), i32(self.max_len), i32(i), scale, i32(ATTN_CHUNK)), shared_mem=self._shared_bytes())
+            kernel("attn_combine")((H,), (BLOCK,), (self.pm, self.pl, self.pacc, self.att, i32(hd), i32(self.n_parts)))
             layer["wo"].gemv(self.att, self.x, accumulate=True)          # x += wo @ att
             kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["ffn_norm"], self.xn, i32(D), eps))
             layer["w13"].gemv(self.xn, self.h13)

@@ -65,14 +65,43 @@ def rope_store(qkv, cos_t, sin_t, state, k_cache, v_cache, H, KV, hd, max_len, l
     v_cache[layer, :, pos] = qkv[(H + KV) * hd:].reshape(KV, hd)
 
 
-def attn_decode(q, k_cache, v_cache, out, state, H, KV, hd, max_len, layer, scale):
-    H, KV, hd, layer, S = int(H), int(KV), int(hd), int(layer), int(state[1]) + 1
+def attention_ref(q, k_cache, v_cache, pos, H, KV, hd, layer, scale):
+    """The decode attention the two kernels below compute together: (H * hd,) float32."""
+    S = pos + 1
     qh = q[: H * hd].reshape(KV, H // KV, hd)
     K, V = k_cache[layer, :, :S], v_cache[layer, :, :S]            # (KV, S, hd)
     scores = qh @ K.swapaxes(1, 2) * np.float32(scale)             # (KV, n_rep, S)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    out[: H * hd] = (p @ V).reshape(H * hd)
+    return (p @ V).reshape(H * hd)
+
+
+def attn_partial(q, k_cache, v_cache, pm, pl, pacc, state, H, KV, hd, max_len, layer, scale, chunk):
+    H, KV, hd, layer, chunk, S = int(H), int(KV), int(hd), int(layer), int(chunk), int(state[1]) + 1
+    n_parts = pm.size // H
+    pm2, pl2, pacc3 = pm.reshape(H, n_parts), pl.reshape(H, n_parts), pacc.reshape(H, n_parts, hd)
+    for h in range(H):
+        kv = h // (H // KV)
+        for part in range(n_parts):
+            s0 = part * chunk
+            s1 = min(s0 + chunk, S)
+            if s1 <= s0:
+                pm2[h, part], pl2[h, part], pacc3[h, part] = -np.inf, 0.0, 0.0
+                continue
+            sc = k_cache[layer, kv, s0:s1] @ q[h * hd:(h + 1) * hd] * np.float32(scale)
+            m = sc.max()
+            e = np.exp(sc - m)
+            pm2[h, part], pl2[h, part] = m, e.sum()
+            pacc3[h, part] = e @ v_cache[layer, kv, s0:s1]
+
+
+def attn_combine(pm, pl, pacc, out, hd, n_parts):
+    hd, n_parts = int(hd), int(n_parts)
+    m = pm.reshape(-1, n_parts)
+    H = m.shape[0]
+    w = np.exp(m - m.max(axis=1, keepdims=True))                   # exp(-inf) = 0 for empty parts
+    L = (pl.reshape(H, n_parts) * w).sum(axis=1)
+    out[: H * hd] = ((pacc.reshape(H, n_parts, hd) * w[..., None]).sum(axis=1) / L[:, None]).reshape(-1)
 
 
 def swiglu(h13, a, F):
@@ -85,7 +114,7 @@ KERNELS = {
     "gemv_bf16": _gemv("bf16"), "gemv_f16": _gemv("f16"), "gemv_f32": _gemv("f32"),
     "widen_bf16": _widen_kernel("bf16"), "widen_f16": _widen_kernel("f16"),
     "rms_norm": rms_norm, "embed_bf16": _embed("bf16"), "embed_f16": _embed("f16"), "embed_f32": _embed("f32"),
-    "rope_store": rope_store, "attn_decode": attn_decode, "swiglu": swiglu,
+    "rope_store": rope_store, "attn_partial": attn_partial, "attn_combine": attn_combine, "swiglu": swiglu,
 }
 
 

@@ -91,12 +91,16 @@ def test_rope_store_and_attention_kernels(H, KV, hd, pos):
     for g, r in zip(got, (ref[0], ref[4], ref[5])):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
     q, kc2, vc2 = got
-    out = np.zeros(H * hd, dtype=np.float32)
-    args = (q, kc2, vc2, out, state, i32(H), i32(KV), i32(hd), i32(max_len), i32(layer), np.float32(hd ** -0.5))
-    (att,) = run("attn_decode", (H,), (gpu.BLOCK,), args, [3], shared_mem=gpu.Decoder._shared_bytes(max_len))
-    ref_out = out.copy()
-    emu.attn_decode(q, kc2, vc2, ref_out, *args[4:])
-    np.testing.assert_allclose(att, ref_out, atol=1e-5, rtol=1e-4)
+    n_parts = -(-max_len // gpu.ATTN_CHUNK)
+    dev = [cp.asarray(a) for a in (q, kc2, vc2, np.zeros(H * n_parts, np.float32), np.zeros(H * n_parts, np.float32),
+                                   np.zeros(H * n_parts * hd, np.float32), state, np.zeros(H * hd, np.float32))]
+    gpu.kernel("attn_partial")((H, n_parts), (gpu.BLOCK,), (*dev[:7], i32(H), i32(KV), i32(hd), i32(max_len),
+                               i32(layer), np.float32(hd ** -0.5), i32(gpu.ATTN_CHUNK)),
+                               shared_mem=gpu.Decoder._shared_bytes())
+    gpu.kernel("attn_combine")((H,), (gpu.BLOCK,), (dev[3], dev[4], dev[5], dev[7], i32(hd), i32(n_parts)))
+    cp.cuda.Device().synchronize()
+    ref_out = emu.attention_ref(q, kc2, vc2, pos, H, KV, hd, layer, hd ** -0.5)
+    np.testing.assert_allclose(cp.asnumpy(dev[7]), ref_out, atol=1e-5, rtol=1e-4)
 
 
 def test_swiglu_embed_widen_kernels():
