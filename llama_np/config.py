@@ -88,9 +88,13 @@ class ModelConfig:
             dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
         scaling = None
         if params.get("use_scaled_rope"):
-            # Meta's llama-models hard-codes these for 3.1 (apply_scaling in model.py); 3.2 1B/3B
-            # ship "rope_scaling_factor" (32) in some params.json files.
-            scaling = {"factor": float(params.get("rope_scaling_factor", 8.0)), "low_freq_factor": 1.0,
+            # Meta's params.json says only "use_scaled_rope"; the factor depends on the release:
+            # 8 for Llama 3.1 (8B/70B/405B), 32 for Llama 3.2 (1B: dim 2048, 3B: dim 3072), as
+            # transformers' convert_llama_weights_to_hf.py sets it by llama_version. Some newer
+            # params.json files carry "rope_scaling_factor" themselves.
+            llama32 = params.get("vocab_size") == 128256 and dim in (2048, 3072)
+            factor = params.get("rope_scaling_factor") or (32.0 if llama32 else 8.0)
+            scaling = {"factor": float(factor), "low_freq_factor": 1.0,
                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
         theta = float(params.get("rope_theta", 10000.0))
         return cls(dim=dim, n_layers=params["n_layers"], n_heads=params["n_heads"],

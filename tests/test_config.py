@@ -26,6 +26,16 @@ def test_from_meta_params_llama3_8b():
     assert c.rope_scaling["factor"] == 8.0 and c.rope_theta == 500000.0
 
 
+def test_from_meta_params_llama32_rope_factor():
+    """Meta's Llama-3.2-1B params.json names no factor; the release's is 32 (HF config.json,
+    transformers' converter for llama_version 3.2); an explicit rope_scaling_factor wins."""
+    p = {"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8,
+         "n_layers": 16, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True, "vocab_size": 128256}
+    assert ModelConfig.from_meta_params(p).rope_scaling["factor"] == 32.0
+    assert ModelConfig.from_meta_params({**p, "dim": 3072, "n_heads": 24, "n_layers": 28}).rope_scaling["factor"] == 32.0
+    assert ModelConfig.from_meta_params({**p, "rope_scaling_factor": 16.0}).rope_scaling["factor"] == 16.0
+
+
 def test_from_meta_params_llama2_needs_vocab():
     p = {"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-05, "vocab_size": -1}
     with pytest.raises(ValueError, match="vocab_size -1"):
