@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llama_np.backend import DeviceError, use  # noqa: E402
+from llama_np.bench import weight_bytes_per_token  # noqa: E402
 from llama_np.config import ModelConfig  # noqa: E402
 from llama_np.kv_cache import new_cache  # noqa: E402
 from llama_np.model import forward, nest, param_shapes, random_params  # noqa: E402
@@ -107,7 +108,7 @@ def time_decode(dec, prompt, n_new: int) -> dict:
     (that sync is part of real decoding). Returns prefill and decode tokens/s."""
     cp = use("gpu")
     dec.prefill(prompt[:8])                      # warm up: compile kernels, capture the graph
-    tok = int(cp.argmax(dec.step(1)))
+    tok = int(cp.argmax(dec.step(1)))       # step() synchronises its stream: safe to read here
     dec.step(tok)
     cp.cuda.Device().synchronize()
     t = time.perf_counter()
@@ -174,23 +175,6 @@ def device_params(cfg, kind: str = "bf16", seed: int = 0, std: float = 0.02):
     out["tok_embeddings"] = gpu.DeviceWeight(flat.pop("tok_embeddings"), kind)
     out["output"] = gpu.DeviceWeight(flat.pop("output"), kind) if "output" in flat else out["tok_embeddings"]
     return nest(out, cfg)
-
-
-def weight_bytes_per_token(params) -> int:
-    """Every matrix once, but only one row of the input embedding (unless it is the head too)."""
-    total, seen = 0, set()
-    for layer in params["layers"]:
-        for w in layer.values():
-            total += int(w.nbytes)
-    for name in ("norm", "output"):
-        w = params[name]
-        if id(w) not in seen:
-            seen.add(id(w))
-            total += int(w.nbytes)
-    emb = params["tok_embeddings"]
-    if emb is not params["output"]:
-        total += int(emb.nbytes // emb.shape[0])
-    return total
 
 
 def transformers_8b(cfg, prompt, n_new: int, device: str = "cuda") -> dict:
@@ -311,7 +295,7 @@ def main(argv=None) -> int:
             r = {}
             bw = gpu.device_bandwidth()
             params = device_params(cfg, "bf16")
-            wb = weight_bytes_per_token(params)
+            wb = weight_bytes_per_token(params, cfg)   # the CPU bench's count: DeviceWeights have nbytes
             kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * (args.prompt_tokens + args.new_tokens / 2)
             r.update(bandwidth_GBs=bw / 1e9, weight_GB_per_token=wb / 1e9, kv_GB_per_token=kv / 1e9,
                      limit_tok_s=bw / (wb + kv))

@@ -555,6 +555,7 @@ class Decoder:
         with self.stream:
             logits = forward(self.params, self.cfg, ids, 0, self.cache, last_only=True)
             self.logits[...] = logits[0]
+        self.stream.synchronize()   # see step()
         self.pos = len(ids)
         return self.logits
 
@@ -572,6 +573,10 @@ class Decoder:
                 self.graph.launch(self.stream)
             else:
                 self._launch()
+        # Our stream does not wait for, nor is waited for by, CuPy's default stream: without this
+        # a caller reading the logits (cupy.asnumpy, argmax) on the default stream could see the
+        # previous step's. The host needs the logits to choose the next token anyway.
+        self.stream.synchronize()
         self.pos += 1
         return self.logits
 
