@@ -477,6 +477,8 @@ class Decoder:
         if cfg.n_heads % cfg.n_kv_heads:
             raise ValueError("n_heads must be a multiple of n_kv_heads")
         self.params, self.cfg, self.max_len = params, cfg, max_len
+        # Uploads ran on the default stream, which our own stream does not wait for: let them land.
+        cp.cuda.Device().synchronize()
         self.stream = cp.cuda.Stream(non_blocking=True)
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         shape = (cfg.n_layers, KV, max_len, hd)
