@@ -205,7 +205,7 @@ def measure(runners, prompt, new_tokens: int, repeats: int, probe=None, sweep=No
 
 # ------------------------------------------------------------------------------- report
 def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: int = 128,
-        threads: int = 2, repeats: int = 3, peers: bool = True, out=sys.stdout) -> dict:
+        threads: int = 2, repeats: int = 5, peers: bool = True, out=sys.stdout) -> dict:
     from .backend import use
     from .weights import load_model, resolve
 

@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt-tokens", type=_pos_int, default=256, metavar="N")
     b.add_argument("--new-tokens", type=_pos_int, default=128, metavar="N")
     b.add_argument("--threads", type=_pos_int, default=2, metavar="N", help="PyTorch threads (default 2)")
-    b.add_argument("--repeats", type=_pos_int, default=3, metavar="N",
+    b.add_argument("--repeats", type=_pos_int, default=5, metavar="N",
                    help="prefill runs, the best counts (decode: the median of all steps)")
     b.add_argument("--no-peers", action="store_true", help="skip transformers")
     b.set_defaults(func=cmd_bench)
