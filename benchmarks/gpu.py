@@ -253,7 +253,8 @@ def main(argv=None) -> int:
         return 1
     from llama_np import gpu
     props = cp.cuda.runtime.getDeviceProperties(0)
-    results = {"date": time.strftime("%Y-%m-%d"), "device": props["name"].decode(),
+    name = props["name"]
+    results = {"date": time.strftime("%Y-%m-%d"), "device": name.decode() if isinstance(name, bytes) else str(name),
                "cupy": cp.__version__, "numpy": np.__version__, "python": platform.python_version()}
     p(f"llama_np GPU benchmark, {results['date']}: {results['device']}, CuPy {cp.__version__}")
 
