@@ -205,7 +205,7 @@ def measure(runners, prompt, new_tokens: int, repeats: int, probe=None, sweep=No
 
 # ------------------------------------------------------------------------------- report
 def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: int = 128,
-        threads: int = 2, repeats: int = 5, peers: bool = True, out=sys.stdout) -> dict:
+        threads: int = 2, repeats: int = 5, peers: bool = True, out=None) -> dict:
     from .backend import use
     from .weights import load_model, resolve
 
@@ -226,6 +226,7 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
     margin = min(1000, cfg.vocab_size // 4)
     prompt = np.random.default_rng(0).integers(margin, cfg.vocab_size - margin, prompt_tokens).tolist()
 
+    out = out or sys.stdout   # looked up now: a default bound at import would keep a stale stream
     p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
     p(f"llama_np bench: {path.name}, {cfg.n_layers} layers, dim {cfg.dim}; prompt {prompt_tokens} tokens, "
       f"decode {new_tokens} tokens")
