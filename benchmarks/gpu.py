@@ -149,32 +149,19 @@ def time_model_code_decode(params, cfg, prompt, n_new: int) -> float:
 
 
 def device_params(cfg, kind: str = "bf16", seed: int = 0, std: float = 0.02):
-    """Random weights of cfg's shape made on the GPU (bf16 as raw bits by truncation)."""
+    """Random weights of cfg's shape made on the GPU, one tensor at a time (bf16 as raw bits, by
+    truncation), stacked and wrapped by ``gpu.assemble`` exactly as uploaded weights are."""
     from llama_np import gpu
     cp = use("gpu")
     rs = cp.random.RandomState(seed)
-    flat = {}
-    for name, shape in param_shapes(cfg).items():
-        if len(shape) == 1:
-            flat[name] = (1.0 + 0.1 * rs.standard_normal(shape, dtype=cp.float32)).astype(cp.float32)
-            continue
-        w = rs.standard_normal(shape, dtype=cp.float32) * cp.float32(std)
-        bits = (w.view(cp.uint32) >> 16).astype(cp.uint16) if kind == "bf16" else w
-        flat[name] = bits
-        del w
-    out = {}
-    for i in range(cfg.n_layers):
-        pre = f"layers.{i}."
-        for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
-            out[pre + fused] = gpu.DeviceWeight(cp.concatenate([flat.pop(pre + n) for n in parts]), kind)
-        for n in ("wo", "w2"):
-            out[pre + n] = gpu.DeviceWeight(flat.pop(pre + n), kind)
-        for n in ("attention_norm", "ffn_norm"):
-            out[pre + n] = flat.pop(pre + n)
-    out["norm"] = flat.pop("norm")
-    out["tok_embeddings"] = gpu.DeviceWeight(flat.pop("tok_embeddings"), kind)
-    out["output"] = gpu.DeviceWeight(flat.pop("output"), kind) if "output" in flat else out["tok_embeddings"]
-    return nest(out, cfg)
+    shapes = param_shapes(cfg)
+
+    def stored(name):
+        if len(shapes[name]) == 1:
+            return (1.0 + 0.1 * rs.standard_normal(shapes[name], dtype=cp.float32)).astype(cp.float32)
+        w = rs.standard_normal(shapes[name], dtype=cp.float32) * cp.float32(std)
+        return (w.view(cp.uint32) >> 16).astype(cp.uint16) if kind == "bf16" else w
+    return gpu.assemble(stored, cfg, kind)
 
 
 def transformers_8b(cfg, prompt, n_new: int, device: str = "cuda") -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .backend import to_numpy, use
 from .kv_cache import KVCache
-from .model import forward, nest
+from .model import FUSED, forward, nest
 from .rope import rope_angles, rope_frequencies
 
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
@@ -403,36 +403,41 @@ def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
     """Weights (flat or nested, as loaded on the host) -> nested weights on the GPU, uploaded once.
 
     Matrices become ``DeviceWeight``s in ``dtype`` ("bf16", "f16" or "float32"); wq|wk|wv and
-    w1|w3 are stacked (``model.fuse``) so a decode step reads x once per stack; norms stay float32.
+    w1|w3 are stacked (``model.FUSED``) so a decode step reads x once per stack; norms stay float32.
     Only plain Llama layers (no mixture of experts) are supported here.
     """
-    cp = _cp()
     kind = {"bf16": "bf16", "fp16": "f16", "f16": "f16", "float32": "f32", "f32": "f32"}.get(dtype)
     if kind is None:
         raise ValueError(f"unknown GPU weight dtype {dtype!r}: use bf16, fp16 or float32")
     if cfg.n_experts:
         raise ValueError("the GPU path supports dense Llama models only (no mixture of experts)")
     flat = _flatten(params)
-    out, done = {}, {}
+
+    def stored(name):     # converted one tensor at a time: never a second host copy of the model
+        w = flat[name]
+        return _to_bits(w, kind)[0] if len(w.shape) == 2 else np.asarray(w, dtype=np.float32)
+    return assemble(stored, cfg, kind)
+
+
+def assemble(stored, cfg, kind: str) -> dict:
+    """Nested params of DeviceWeights from ``stored(name)``, which returns each tensor of
+    ``model.param_shapes(cfg)`` in its stored form (matrices as ``kind`` bits or float32, norm
+    gains float32), on the host or already on the GPU. Stacks wq|wk|wv and w1|w3 as ``model.FUSED``
+    orders them; a tied model's head is its embedding table."""
+    cp = _cp()
+    out = {}
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
-            host = [_to_bits(flat[p + n], kind)[0] for n in parts]
-            out[p + fused] = DeviceWeight(cp.asarray(np.concatenate(host, axis=0)), kind)
+        for fused, parts in FUSED:
+            out[p + fused] = DeviceWeight(cp.concatenate([cp.asarray(stored(p + n)) for n in parts]), kind)
         for n in ("wo", "w2"):
-            bits, _ = _to_bits(flat[p + n], kind)
-            out[p + n] = DeviceWeight(cp.asarray(bits), kind)
+            out[p + n] = DeviceWeight(cp.asarray(stored(p + n)), kind)
         for n in ("attention_norm", "ffn_norm"):
-            out[p + n] = cp.asarray(np.asarray(flat[p + n], dtype=np.float32))
-    out["norm"] = cp.asarray(np.asarray(flat["norm"], dtype=np.float32))
-    for name in ("tok_embeddings", "output"):
-        w = flat.get(name)
-        if w is None or id(w) in done:
-            continue
-        bits, _ = _to_bits(w, kind)
-        out[name] = done[id(w)] = DeviceWeight(cp.asarray(bits), kind)
-    if "output" not in out or cfg.tie_embeddings:
-        out["output"] = out["tok_embeddings"]
+            out[p + n] = cp.asarray(stored(p + n), dtype=cp.float32)
+    out["norm"] = cp.asarray(stored("norm"), dtype=cp.float32)
+    out["tok_embeddings"] = DeviceWeight(cp.asarray(stored("tok_embeddings")), kind)
+    out["output"] = (out["tok_embeddings"] if cfg.tie_embeddings
+                     else DeviceWeight(cp.asarray(stored("output")), kind))
     return nest(out, cfg)
 
 
@@ -602,5 +607,5 @@ def forward_gpu(params, cfg, tokens, start_pos: int = 0, cache=None, last_only: 
     return to_numpy(forward(params, cfg, tokens, start_pos, cache, last_only))
 
 
-__all__ = ["Decoder", "DeviceWeight", "KERNELS", "RMS_NORM_SOURCE", "decode_limit", "device_bandwidth",
-           "forward_gpu", "kernel", "rms_norm", "upload"]
+__all__ = ["Decoder", "DeviceWeight", "KERNELS", "RMS_NORM_SOURCE", "assemble", "decode_limit",
+           "device_bandwidth", "forward_gpu", "kernel", "rms_norm", "upload"]

@@ -65,6 +65,11 @@ def random_params(cfg, seed: int = 0, std: float = 0.02) -> dict:
     return nest(flat, cfg)
 
 
+# The stacked matrices and their parts, in row order: qkv_projections and feed_forward split
+# them back at these boundaries, so every place that stacks must use this order.
+FUSED = (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3")))
+
+
 def fuse(flat: dict, cfg) -> dict:
     """Stack wq|wk|wv into one ``wqkv`` and w1|w3 into one ``w13`` per layer, in place.
 
@@ -75,7 +80,7 @@ def fuse(flat: dict, cfg) -> dict:
     """
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
-        for fused, parts in (("wqkv", ("wq", "wk", "wv")), ("w13", ("w1", "w3"))):
+        for fused, parts in FUSED:
             ws = [flat.get(p + n) for n in parts]
             if any(w is None or getattr(w, "is_packed", False) for w in ws):
                 continue
