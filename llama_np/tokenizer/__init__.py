@@ -23,6 +23,7 @@ import os
 import re
 
 from .base import Tokenizer, TokenizerError
+from .gguf_meta import one_line as _one_line
 
 __all__ = ["Tokenizer", "TokenizerError", "load_tokenizer", "detect_format"]
 
@@ -130,7 +131,3 @@ def _wrap_errors(path: str, make):
     except Exception as e:
         raise TokenizerError(f"{path} could not be read as a tokenizer ({_one_line(e)}); "
                              f"{EXPECTED}") from None
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__

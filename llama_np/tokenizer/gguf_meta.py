@@ -35,26 +35,35 @@ def read_gguf_metadata(path) -> dict:
     memory-maps the file and only the key/value section is turned into Python values).
     """
     path = os.fspath(path)
+    return read_metadata(open_reader(path), path)
+
+
+def open_reader(path):
+    """A ``gguf.GGUFReader`` for ``path``, or a one-line error (missing, not GGUF, truncated)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
+    if not is_gguf(path):
         raise GGUFFormatError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
-
     from gguf import GGUFReader  # imported here: only GGUF users need the package
-
     try:
-        reader = GGUFReader(path, "r")
-        md = {}
-        for key, field in reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            md[key] = _plain(field.contents())
+        return GGUFReader(path, "r")
     except Exception as e:  # the reader raises many types (ValueError, IndexError, struct errors...)
-        msg = " ".join(str(e).split()) or type(e).__name__
-        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({msg[:200]})") from None
-    return md
+        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({one_line(e)})") from None
+
+
+def read_metadata(reader, path) -> dict:
+    """The key/value metadata of an open reader as plain Python values (``GGUF.*`` fields left out)."""
+    try:
+        return {key: _plain(field.contents()) for key, field in reader.fields.items()
+                if not key.startswith("GGUF.")}
+    except Exception as e:
+        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({one_line(e)})") from None
+
+
+def one_line(e: Exception) -> str:
+    """An exception's message on one line, at most 200 characters (its type when it has none)."""
+    return (" ".join(str(e).split()) or type(e).__name__)[:200]
 
 
 def _plain(value):

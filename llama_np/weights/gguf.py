@@ -25,7 +25,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..model import param_shapes
-from ..tokenizer.gguf_meta import GGUF_MAGIC, GGUFFormatError
+from ..tokenizer.gguf_meta import GGUFFormatError, open_reader, read_metadata
+from ..tokenizer.gguf_meta import one_line as _one_line
 from .progress import progress as show_progress
 
 # GGUF's tensor names (llama.cpp's gguf-py/constants.py) -> Meta's model.py names.
@@ -46,40 +47,6 @@ def meta_name(gguf_name: str) -> str | None:
         return f"layers.{m.group(1)}.{name}" if name else None
     m = re.fullmatch(r"(\w+)\.weight", gguf_name)
     return TOP_LEVEL.get(m.group(1)) if m else None
-
-
-def open_reader(path):
-    """A ``gguf.GGUFReader`` for ``path``, or a one-line error (missing, not GGUF, truncated)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise GGUFFormatError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
-    from gguf import GGUFReader  # imported here: only GGUF users need the package
-    try:
-        return GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError, IndexError, struct errors...
-        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({_one_line(e)})") from None
-
-
-def read_metadata(reader) -> dict:
-    """The key/value metadata as plain Python values (``GGUF.*`` container fields left out)."""
-    md = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        md[key] = _plain(field.contents())
-    return md
-
-
-def _plain(value):
-    """NumPy scalars and arrays -> Python values (as ``tokenizer.gguf_meta.read_gguf_metadata``)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def dequantize(tensor) -> np.ndarray:
@@ -108,7 +75,7 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
         raise ValueError(f"GGUF weights load as float32 only (dtype={dtype!r} asked)")
     path = os.fspath(path)
     reader = open_reader(path)
-    md = read_metadata(reader)
+    md = read_metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
     cfg = config_from_metadata(md, tensors, path)
 
@@ -178,7 +145,3 @@ def _few(names, k: int = 4) -> str:
         return "none"
     more = f" and {len(names) - k} more" if len(names) > k else ""
     return ", ".join(names[:k]) + more
-
-
-def _one_line(e: Exception) -> str:
-    return (" ".join(str(e).split()) or type(e).__name__)[:200]
