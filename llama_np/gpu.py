@@ -28,7 +28,7 @@ import numpy as np
 
 from .backend import to_numpy, use
 from .kv_cache import KVCache
-from .model import FUSED, forward, nest
+from .model import FUSED, flatten, forward, nest
 from .rope import rope_angles, rope_frequencies
 
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
@@ -411,7 +411,7 @@ def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
         raise ValueError(f"unknown GPU weight dtype {dtype!r}: use bf16, fp16 or float32")
     if cfg.n_experts:
         raise ValueError("the GPU path supports dense Llama models only (no mixture of experts)")
-    flat = _flatten(params)
+    flat = flatten(params)
 
     def stored(name):     # converted one tensor at a time: never a second host copy of the model
         w = flat[name]
@@ -439,18 +439,6 @@ def assemble(stored, cfg, kind: str) -> dict:
     out["output"] = (out["tok_embeddings"] if cfg.tie_embeddings
                      else DeviceWeight(cp.asarray(stored("output")), kind))
     return nest(out, cfg)
-
-
-def _flatten(params: dict) -> dict:
-    """Nested params -> flat Meta names (flat ones are returned as they are)."""
-    if "layers" not in params:
-        return params
-    flat = {k: v for k, v in params.items() if k != "layers"}
-    for i, layer in enumerate(params["layers"]):
-        flat.update({f"layers.{i}.{k}": v for k, v in layer.items()})
-    if flat.get("output") is flat.get("tok_embeddings"):
-        flat.pop("output")
-    return flat
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -53,6 +53,20 @@ def nest(flat: dict, cfg) -> dict:
     return params
 
 
+def flatten(params: dict) -> dict:
+    """The inverse of ``nest``: {'layers': [{'wq': ...}, ...], ...} -> {'layers.0.wq': ..., ...}.
+    A tied output head (the embedding table itself) is left out, as a tied checkpoint stores the
+    table once. Flat params come back as they are."""
+    if "layers" not in params:
+        return params
+    flat = {k: v for k, v in params.items() if k != "layers"}
+    for i, layer in enumerate(params["layers"]):
+        flat.update({f"layers.{i}.{k}": v for k, v in layer.items()})
+    if flat.get("output") is flat.get("tok_embeddings"):
+        flat.pop("output")
+    return flat
+
+
 def random_params(cfg, seed: int = 0, std: float = 0.02) -> dict:
     """Random float32 weights of the right shapes (norm weights near 1), for tests and benchmarks."""
     rng = np.random.default_rng(seed)

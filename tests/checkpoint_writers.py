@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_np.config import ModelConfig
-from llama_np.model import random_params
+from llama_np.model import flatten, random_params
 
 # Llama 2 style: multi-head attention, rope 10k, vocab_size -1 in params.json.
 LLAMA2 = {"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-5,
@@ -30,11 +30,7 @@ def tiny(kind: str, seed: int = 0, std: float = 0.1):
     spec = dict(KINDS[kind])
     vocab = spec.pop("_vocab", spec["vocab_size"])
     cfg = ModelConfig.from_meta_params(spec, vocab_size=vocab)
-    nested = random_params(cfg, seed=seed, std=std)
-    flat = {k: v for k, v in nested.items() if k != "layers"}
-    for i, layer in enumerate(nested["layers"]):
-        flat.update({f"layers.{i}.{k}": v for k, v in layer.items()})
-    return spec, cfg, flat
+    return spec, cfg, flatten(random_params(cfg, seed=seed, std=std))
 
 
 def meta_key(name: str) -> str:

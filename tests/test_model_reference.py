@@ -131,3 +131,11 @@ def test_fuse_stores_nothing_twice():
         assert layer[fused].shape[0] == sum(layer[n].shape[0] for n in parts)
         assert all(np.shares_memory(layer[n], layer[fused]) for n in parts)
     np.testing.assert_array_equal(layer["wk"], make_weights("llama3_gqa")["layers.0.wk"])
+
+
+@pytest.mark.parametrize("name", ["llama3_gqa", "tied"])
+def test_flatten_inverts_nest(name):
+    """flatten(nest(flat)) gives back the same arrays under the same names (a tied head once)."""
+    flat = make_weights(name)
+    back = llama_np.model.flatten(nest(dict(flat), config(name)))
+    assert back.keys() == flat.keys() and all(back[k] is flat[k] for k in flat)
