@@ -223,3 +223,18 @@ def test_split_attention_matches_the_plain_one():
         gpu_emulator.attn_combine(pm, pl, pacc, out, hd, n_parts)
         ref = gpu_emulator.attention_ref(q, kc, vc, pos, H, KV, hd, layer, 0.25)
         np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama2_mha", "llama3_gqa", "llama31_scaled", "tied", "llama3_bf16"])
+def test_gpu_path_matches_transformers(rec, name):
+    """Against the independent reference too: transformers' logits committed in
+    tests/fixtures/tiny (made by make_fixtures.py), float32 weights, model code and Decoder."""
+    from tests.fixtures.tiny import make_fixtures
+    fx = np.load(make_fixtures.HERE / f"{name}.npz")
+    cfg, ids = config(name), fx["ids"]
+    dev = gpu.upload(make_weights(name), cfg, "float32")
+    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids), fx["logits"], atol=1e-4, rtol=0)
+    n0 = len(ids) // 3
+    dec = gpu.Decoder(dev, cfg, max_len=len(ids))
+    rows = [np.array(dec.prefill(ids[:n0]))] + [np.array(dec.step(int(t))) for t in ids[n0:]]
+    np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)
