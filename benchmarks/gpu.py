@@ -38,7 +38,7 @@ from llama_np.backend import DeviceError, use  # noqa: E402
 from llama_np.bench import weight_bytes_per_token  # noqa: E402
 from llama_np.config import ModelConfig  # noqa: E402
 from llama_np.kv_cache import new_cache  # noqa: E402
-from llama_np.model import forward, nest, param_shapes, random_params  # noqa: E402
+from llama_np.model import flatten, forward, nest, param_shapes, random_params  # noqa: E402
 
 LLAMA3_8B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, hidden_dim=14336,
                  norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192)
@@ -54,49 +54,36 @@ def p(*a):
 
 def numpy_rows(params, cfg, prompt, nxt):
     """NumPy reference: last-prompt logits, then one row per cached decode step."""
-    use("cpu")
     cache = new_cache(cfg, len(prompt) + len(nxt))
     rows = [forward(params, cfg, prompt, 0, cache, last_only=True)[0]]
     rows += [forward(params, cfg, [t], len(prompt) + i, cache)[0] for i, t in enumerate(nxt)]
     return np.stack(rows)
 
 
-def round_matrices(params, dtype):
+def round_matrices(params, cfg, dtype):
+    """Nested params with every matrix rounded to ``dtype`` and widened back (what upload keeps)."""
     from llama_np.weights.packed import bf16_to_f32, f32_to_bf16
     conv = {"bf16": lambda w: bf16_to_f32(f32_to_bf16(w)), "fp16": lambda w: w.astype(np.float16).astype(np.float32),
             "float32": lambda w: w}[dtype]
-    flat = {}
-    for k, v in params.items():
-        if k == "layers":
-            continue
-        flat[k] = conv(v) if v.ndim == 2 else v
-    out = {k: v for k, v in flat.items()}
-    out["layers"] = [{n: conv(w) if w.ndim == 2 else w for n, w in layer.items()} for layer in params["layers"]]
-    if params.get("output") is params.get("tok_embeddings"):
-        out["output"] = out["tok_embeddings"]
-    return out
+    return nest({k: conv(v) if v.ndim == 2 else v for k, v in flatten(params).items()}, cfg)
 
 
 def compare(params, cfg, prompt, nxt, dtypes=("float32", "bf16", "fp16")) -> dict:
     """GPU logits (model code and Decoder, graph on/off) vs NumPy on the same rounded weights."""
     from llama_np import gpu
+    cp = use("gpu")
     res = {}
     for dtype in dtypes:
-        ref = numpy_rows(round_matrices(params, dtype), cfg, prompt, nxt)
-        cp = use("gpu")
+        rounded = round_matrices(params, cfg, dtype)
+        ref = numpy_rows(rounded, cfg, prompt, nxt)
         dev = gpu.upload(params, cfg, dtype)
-        full_gpu = gpu.forward_gpu(dev, cfg, prompt)
-        use("cpu")
-        full_np = forward(round_matrices(params, dtype), cfg, prompt)
-        use("gpu")
-        r = {"model_code_prefill": float(np.abs(full_gpu - full_np).max())}
+        r = {"model_code_prefill": float(np.abs(gpu.forward_gpu(dev, cfg, prompt) - forward(rounded, cfg, prompt)).max())}
         for graph in (True, False):
             dec = gpu.Decoder(dev, cfg, max_len=len(prompt) + len(nxt) + 1, graph=graph)
             rows = [cp.asnumpy(dec.prefill(prompt))] + [cp.asnumpy(dec.step(int(t))) for t in nxt]
             r[f"decoder_graph={graph}"] = float(np.abs(np.stack(rows) - ref).max())
             if dec.graph_error:
                 r["graph_error"] = dec.graph_error
-        use("cpu")
         res[dtype] = r
         p(f"  {dtype:8s} max |logit diff| vs NumPy on the same weights: " +
           ", ".join(f"{k} {v:.2e}" if isinstance(v, float) else f"{k}: {v}" for k, v in r.items()))
