@@ -135,6 +135,49 @@ def time_model_code_decode(params, cfg, prompt, n_new: int) -> float:
     return 1.0 / float(np.median(steps))
 
 
+def profile_step(dec, reps: int = 64) -> dict:
+    """GPU time of each kind of launch in the Decoder's step. Each kind is timed as a CUDA graph of
+    ``reps`` launches cycling through its instances (one per layer), so neither launch gaps nor the
+    50 MB L2 (which holds one layer's wo) flatter it. Returns {name: {count, us, GB_s}}: count per
+    step, microseconds per launch, and for the matrix-vector kernels the weight bytes read per second."""
+    cp = use("gpu")
+    by_name = {}
+    for name, launch in dec.launches():
+        by_name.setdefault(name, []).append(launch)
+    layer0, P = dec.params["layers"][0], dec.params
+    nbytes = {f"gemv {n}": layer0[n].nbytes for n in ("wqkv", "wo", "w13", "w2")}
+    nbytes["gemv output"] = P["output"].nbytes
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    res = {}
+    with dec.stream:
+        for name, fns in by_name.items():
+            dec.stream.begin_capture()
+            try:
+                for r in range(reps):
+                    fns[r % len(fns)]()
+            finally:
+                graph = dec.stream.end_capture()
+            graph.launch(dec.stream)             # warm up
+            start.record(dec.stream)
+            graph.launch(dec.stream)
+            end.record(dec.stream)
+            end.synchronize()
+            us = cp.cuda.get_elapsed_time(start, end) * 1e3 / reps
+            res[name] = {"count": len(fns), "us": us}
+            if name in nbytes:
+                res[name]["GB_s"] = nbytes[name] / (us * 1e-6) / 1e9
+    return res
+
+
+def print_profile(prof: dict, step_tok_s: float) -> None:
+    total = sum(v["count"] * v["us"] for v in prof.values())
+    p(f"  decode step by kernel (each timed alone in a graph): sum {total / 1e3:.2f} ms vs the step's "
+      f"{1e3 / step_tok_s:.2f} ms")
+    for name, v in sorted(prof.items(), key=lambda kv: -kv[1]["count"] * kv[1]["us"]):
+        bw = f"  {v['GB_s']:6.0f} GB/s" if "GB_s" in v else ""
+        p(f"    {name:14s} x{v['count']:3d} {v['us']:8.1f} us  = {v['count'] * v['us'] / 1e3:6.3f} ms{bw}")
+
+
 def device_params(cfg, kind: str = "bf16", seed: int = 0, std: float = 0.02):
     """Random weights of cfg's shape made on the GPU, one tensor at a time (bf16 as raw bits, by
     truncation), stacked and wrapped by ``gpu.assemble`` exactly as uploaded weights are."""
@@ -285,6 +328,12 @@ def main(argv=None) -> int:
                 p(f"  llama_np bf16 graph={graph}: prefill {t['prefill_tok_s']:.0f} tok/s, decode "
                   f"{t['decode_tok_s']:.1f} tok/s = {t['pct_of_limit']:.0f}% of the limit"
                   + (f" (graph failed: {dec.graph_error})" if dec.graph_error else ""))
+                if graph:
+                    try:
+                        r["profile"] = profile_step(dec)
+                        print_profile(r["profile"], t["decode_tok_s"])
+                    except Exception:    # a diagnosis only: never lose the figures for it
+                        traceback.print_exc()
                 del dec
             r["model_code_decode_tok_s"] = time_model_code_decode(params, cfg, prompt, min(32, args.new_tokens))
             p(f"  llama_np bf16 through model.forward (unfused CuPy ops): decode "

@@ -495,6 +495,7 @@ class Decoder:
         self.graph = None
         self.use_graph = graph
         self.graph_error = None
+        self._launches = None
 
     @staticmethod
     def _shared_bytes(chunk: int = None) -> int:
@@ -502,32 +503,52 @@ class Decoder:
         chunk = ATTN_CHUNK if chunk is None else chunk
         return (-(-chunk // 4) * 4 + 4 * BLOCK) * 4
 
-    # The decode step as a list of launches; the graph records exactly these.
-    def _launch(self) -> None:
+    def launches(self) -> list:
+        """The decode step as (name, launch) pairs in order: ``_launch`` runs them, the graph
+        records exactly these, and benchmarks/gpu.py times each kind on its own."""
         cfg, P = self.cfg, self.params
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         i32, f32 = np.int32, np.float32
         eps = f32(cfg.norm_eps)
-        emb = P["tok_embeddings"]
-        kernel("embed_" + emb.kind)(_grid(D), (BLOCK,), (emb.data, self.state, self.x, i32(D)))
         scale = f32(1.0 / math.sqrt(hd))
         n_rot = (H + KV) * (hd // 2) + KV * hd
+
+        def k(name, grid, args, shared_mem=0):   # one kernel launch, bound now, run later
+            f = kernel(name)
+            return lambda: f(grid, (BLOCK,), args, shared_mem=shared_mem)
+
+        def norm(w):
+            return k("rms_norm", (1,), (self.x, w, self.xn, i32(D), eps))
+
+        emb = P["tok_embeddings"]
+        out = [("embed", k("embed_" + emb.kind, _grid(D), (emb.data, self.state, self.x, i32(D))))]
         for i, layer in enumerate(P["layers"]):
-            kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["attention_norm"], self.xn, i32(D), eps))
-            layer["wqkv"].gemv(self.xn, self.qkv)
-            kernel("rope_store")(_grid(n_rot), (BLOCK,), (self.qkv, self.cos, self.sin, self.state,
-                                 self.cache.k, self.cache.v, i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))
-            kernel("attn_partial")((H, self.n_parts), (BLOCK,), (
-                self.qkv, self.cache.k, self.cache.v, self.pm, self.pl, self.pacc, self.state, i32(H), i32(KV),
-                i32(hd), i32(self.max_len), i32(i), scale, i32(ATTN_CHUNK)), shared_mem=self._shared_bytes())
-            kernel("attn_combine")((H,), (BLOCK,), (self.pm, self.pl, self.pacc, self.att, i32(hd), i32(self.n_parts)))
-            layer["wo"].gemv(self.att, self.x, accumulate=True)          # x += wo @ att
-            kernel("rms_norm")((1,), (BLOCK,), (self.x, layer["ffn_norm"], self.xn, i32(D), eps))
-            layer["w13"].gemv(self.xn, self.h13)
-            kernel("swiglu")(_grid(cfg.hidden_dim), (BLOCK,), (self.h13, self.a, i32(cfg.hidden_dim)))
-            layer["w2"].gemv(self.a, self.x, accumulate=True)            # x += w2 @ a
-        kernel("rms_norm")((1,), (BLOCK,), (self.x, P["norm"], self.xn, i32(D), eps))
-        P["output"].gemv(self.xn, self.logits)
+            out += [
+                ("rms_norm", norm(layer["attention_norm"])),
+                ("gemv wqkv", lambda w=layer["wqkv"]: w.gemv(self.xn, self.qkv)),
+                ("rope_store", k("rope_store", _grid(n_rot), (
+                    self.qkv, self.cos, self.sin, self.state, self.cache.k, self.cache.v,
+                    i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))),
+                ("attn_partial", k("attn_partial", (H, self.n_parts), (
+                    self.qkv, self.cache.k, self.cache.v, self.pm, self.pl, self.pacc, self.state, i32(H),
+                    i32(KV), i32(hd), i32(self.max_len), i32(i), scale, i32(ATTN_CHUNK)), self._shared_bytes())),
+                ("attn_combine", k("attn_combine", (H,), (self.pm, self.pl, self.pacc, self.att, i32(hd),
+                                                          i32(self.n_parts)))),
+                ("gemv wo", lambda w=layer["wo"]: w.gemv(self.att, self.x, accumulate=True)),   # x += wo @ att
+                ("rms_norm", norm(layer["ffn_norm"])),
+                ("gemv w13", lambda w=layer["w13"]: w.gemv(self.xn, self.h13)),
+                ("swiglu", k("swiglu", _grid(cfg.hidden_dim), (self.h13, self.a, i32(cfg.hidden_dim)))),
+                ("gemv w2", lambda w=layer["w2"]: w.gemv(self.a, self.x, accumulate=True)),      # x += w2 @ a
+            ]
+        out += [("rms_norm", norm(P["norm"])),
+                ("gemv output", lambda: P["output"].gemv(self.xn, self.logits))]
+        return out
+
+    def _launch(self) -> None:
+        if self._launches is None:
+            self._launches = self.launches()
+        for _, launch in self._launches:
+            launch()
 
     def _capture(self) -> None:
         """Record the step once; on failure keep launching kernels one by one (and say why)."""

@@ -12,6 +12,7 @@ and not run; ``Graph.launch`` replays them.
 """
 from __future__ import annotations
 
+import time
 import types
 
 import numpy as np
@@ -185,6 +186,15 @@ def fake_cupy(rec: Recorder):
         def synchronize(self):
             pass
 
+    class Event:
+        t = 0.0
+
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
     pool = types.SimpleNamespace(free_all_blocks=lambda: None)
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
@@ -192,6 +202,7 @@ def fake_cupy(rec: Recorder):
     cp.random = types.SimpleNamespace(RandomState=RandomState)
     cp.get_default_memory_pool = lambda: pool
     cp.cuda = types.SimpleNamespace(
-        Stream=Stream, Device=Device,
+        Stream=Stream, Device=Device, Event=Event,
+        get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"NumPy emulation"}))
     return cp

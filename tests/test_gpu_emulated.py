@@ -187,6 +187,7 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     out = cap.out
     assert rc == 0, out + cap.err
     assert "all stages ran" in out and "limit" in out and "graph=True" in out
+    assert "decode step by kernel" in out and "gemv w13" in out      # the per-kernel profile
     pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
     cfg = bench.ModelConfig(**bench.TINY)
     t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
