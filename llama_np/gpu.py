@@ -580,7 +580,8 @@ class Decoder:
         if self.pos >= self.max_len:
             raise ValueError(f"the Decoder's cache is full ({self.max_len} positions)")
         with self.stream:
-            self.state[...] = np.array([int(token), self.pos], dtype=np.int32)   # read by the kernels
+            # read by the kernels; one host-to-device copy, ordered on our stream
+            self.state.set(np.array([int(token), self.pos], dtype=np.int32), stream=self.stream)
             if self.use_graph and self.graph is None:
                 self._launch()                 # first step: compiles kernels, then record
                 self.stream.synchronize()

@@ -143,6 +143,13 @@ def fake_kernel(rec: Recorder):
     return kernel
 
 
+class DeviceArray(np.ndarray):
+    """A NumPy array with CuPy's ``set`` (host -> device copy), as cupy.zeros returns."""
+
+    def set(self, arr, stream=None):
+        self[...] = arr
+
+
 def fake_cupy(rec: Recorder):
     """numpy, plus the bits of cupy.cuda that llama_np.gpu touches."""
 
@@ -198,6 +205,7 @@ def fake_cupy(rec: Recorder):
     pool = types.SimpleNamespace(free_all_blocks=lambda: None)
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
+    cp.zeros = lambda *a, **k: np.zeros(*a, **k).view(DeviceArray)
     cp.asnumpy = lambda a: np.array(a, copy=True)   # a copy, as from the device
     cp.random = types.SimpleNamespace(RandomState=RandomState)
     cp.get_default_memory_pool = lambda: pool
