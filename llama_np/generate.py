@@ -173,7 +173,10 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
         row = to_numpy(logits_row).reshape(-1)
         if on_logits is not None:
             on_logits(row)
-        tok = sample(row, temperature, top_k, top_p, rng)
+        return record(sample(row, temperature, top_k, top_p, rng))
+
+    def record(tok) -> bool:
+        """Record and stream one chosen token; True when generation must stop."""
         result.ids.append(tok)
         if tok in stop_ids:
             result.stop_reason = "stop"
@@ -186,6 +189,24 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
             result.stop_reason = "length"
             return True
         return False
+
+    if decoder is not None and temperature == 0 and on_logits is None and hasattr(decoder, "greedy"):
+        # Greedy on the device: the argmax runs on the GPU and the next step is launched before
+        # the host reads this token, so the GPU never waits for Python (gpu.Decoder.greedy).
+        t0 = time.perf_counter()
+        stamps, done = [], [False]
+
+        def on_token(tok):
+            stamps.append(time.perf_counter())
+            done[0] = record(int(tok))
+            return done[0]
+        decoder.greedy(prompt, min(max_new_tokens, decoder.max_len - T + 1), on_token=on_token)
+        if not done[0]:                      # neither a stop token nor max_new_tokens: the cache is full
+            result.stop_reason = "context"
+        result.prefill_s = stamps[0] - t0 if stamps else time.perf_counter() - t0
+        result.decode_steps = max(0, len(result.ids) - 1)
+        result.decode_s = stamps[-1] - stamps[0] if stamps else 0.0
+        return result
 
     t0 = time.perf_counter()
     done = emit(prefill(prompt))

@@ -58,19 +58,30 @@ __device__ __forceinline__ float f16_to_f32(unsigned int h) {
 // y[r] (+)= sum_j W[r, j] x[j].  W: (rows, n) 16-bit, row-major, n % 8 == 0.
 // One warp per row; each lane reads 16 bytes (8 weights) at a time, so a warp reads 512
 // contiguous bytes per step: full-width, coalesced loads are what reach the HBM bandwidth.
-template <int KIND>   // 0: bf16, 1: fp16
+// NORM: x is first RMS-normalised with gain g, y = W (x * g) / rms(x): every warp reads all of
+// x anyway, so it sums x^2 on the way for free. This saves a separate one-block RMSNorm launch
+// before each of the three normed products of a decode step (~7 us each on an H100, 65 a token
+// of Llama 3 8B: 0.43 ms of a 7 ms step, measured).
+template <int KIND, bool NORM>   // KIND 0: bf16, 1: fp16
 __device__ __forceinline__ void gemv16(const unsigned short* __restrict__ W, const float* __restrict__ x,
-                                       float* __restrict__ y, int rows, int n, int accumulate) {
+                                       const float* __restrict__ g, float* __restrict__ y,
+                                       int rows, int n, int accumulate, float eps) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const uint4* w4 = reinterpret_cast<const uint4*>(W + (size_t)row * n);
     const float4* x4 = reinterpret_cast<const float4*>(x);
-    float acc = 0.f;
+    const float4* g4 = reinterpret_cast<const float4*>(g);
+    float acc = 0.f, ss = 0.f;
     #pragma unroll 4
     for (int i = lane; i < n / 8; i += 32) {
         uint4 p = __ldg(w4 + i);
         float4 a = x4[2 * i], b = x4[2 * i + 1];
+        if (NORM) {
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+            float4 ga = g4[2 * i], gb = g4[2 * i + 1];
+            a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w; b.x *= gb.x; b.y *= gb.y; b.z *= gb.z; b.w *= gb.w;
+        }
         if (KIND == 0) {
             acc += bf16_to_f32(p.x & 0xffffu) * a.x + bf16_to_f32(p.x >> 16) * a.y
                  + bf16_to_f32(p.y & 0xffffu) * a.z + bf16_to_f32(p.y >> 16) * a.w
@@ -83,33 +94,64 @@ __device__ __forceinline__ void gemv16(const unsigned short* __restrict__ W, con
                  + f16_to_f32(p.w & 0xffffu) * b.z + f16_to_f32(p.w >> 16) * b.w;
         }
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_down_sync(0xffffffffu, acc, o);
+        if (NORM) ss += __shfl_down_sync(0xffffffffu, ss, o);
+    }
+    if (NORM) acc *= 1.0f / sqrtf(ss / n + eps);
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
-extern "C" __global__ void gemv_bf16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv16<0>(W, x, y, rows, n, acc);
-}
-extern "C" __global__ void gemv_f16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv16<1>(W, x, y, rows, n, acc);
-}
-
 // float32 weights (n % 4 == 0): the same warp-per-row scheme, 4 weights per 16-byte load.
-extern "C" __global__ void gemv_f32(const float* __restrict__ W, const float* __restrict__ x,
-                                   float* __restrict__ y, int rows, int n, int accumulate) {
+template <bool NORM>
+__device__ __forceinline__ void gemv32(const float* __restrict__ W, const float* __restrict__ x,
+                                       const float* __restrict__ g, float* __restrict__ y,
+                                       int rows, int n, int accumulate, float eps) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float4* w4 = reinterpret_cast<const float4*>(W + (size_t)row * n);
     const float4* x4 = reinterpret_cast<const float4*>(x);
-    float acc = 0.f;
+    const float4* g4 = reinterpret_cast<const float4*>(g);
+    float acc = 0.f, ss = 0.f;
     #pragma unroll 4
     for (int i = lane; i < n / 4; i += 32) {
         float4 w = __ldg(w4 + i), a = x4[i];
+        if (NORM) {
+            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+            float4 ga = g4[i];
+            a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
+        }
         acc += w.x * a.x + w.y * a.y + w.z * a.z + w.w * a.w;
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, o);
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_down_sync(0xffffffffu, acc, o);
+        if (NORM) ss += __shfl_down_sync(0xffffffffu, ss, o);
+    }
+    if (NORM) acc *= 1.0f / sqrtf(ss / n + eps);
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+extern "C" __global__ void gemv_bf16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
+    gemv16<0, false>(W, x, nullptr, y, rows, n, acc, 0.f);
+}
+extern "C" __global__ void gemv_f16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
+    gemv16<1, false>(W, x, nullptr, y, rows, n, acc, 0.f);
+}
+extern "C" __global__ void gemv_f32(const float* W, const float* x, float* y, int rows, int n, int acc) {
+    gemv32<false>(W, x, nullptr, y, rows, n, acc, 0.f);
+}
+extern "C" __global__ void gemv_norm_bf16(const unsigned short* W, const float* x, const float* g, float* y,
+                                          int rows, int n, float eps) {
+    gemv16<0, true>(W, x, g, y, rows, n, 0, eps);
+}
+extern "C" __global__ void gemv_norm_f16(const unsigned short* W, const float* x, const float* g, float* y,
+                                         int rows, int n, float eps) {
+    gemv16<1, true>(W, x, g, y, rows, n, 0, eps);
+}
+extern "C" __global__ void gemv_norm_f32(const float* W, const float* x, const float* g, float* y,
+                                         int rows, int n, float eps) {
+    gemv32<true>(W, x, g, y, rows, n, 0, eps);
 }
 
 // Widen a whole 16-bit matrix to float32 (for cuBLAS in the prefill).
@@ -280,6 +322,44 @@ extern "C" __global__ void swiglu(const float* h13, float* a, int F) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < F) { float g = h13[i]; a[i] = g / (1.0f + expf(-g)) * h13[F + i]; }
 }
+
+// Greedy decoding on the device: the next token = argmax(logits) (the first of equal maxima, as
+// NumPy's), written as state = (token, position + 1) for the next step and logged in
+// tokens[position + 1] for the host to read while the GPU already runs the next step.
+// One block of 1024 threads (a 128K vocabulary is 512 KB, just written, in L2).
+extern "C" __global__ void argmax_next(const float* logits, int n, int* state, int* tokens) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    float v = __int_as_float(0xff800000);
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float u = logits[i];
+        if (u > v) { v = u; idx = i; }            // strided: a thread's first max has its smallest index
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_down_sync(0xffffffffu, v, o);
+        int j = __shfl_down_sync(0xffffffffu, idx, o);
+        if (u > v || (u == v && j < idx)) { v = u; idx = j; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = v; bi[warp] = idx; }
+    __syncthreads();
+    if (warp == 0) {
+        int n_warps = blockDim.x >> 5;
+        v = lane < n_warps ? bv[lane] : __int_as_float(0xff800000);
+        idx = lane < n_warps ? bi[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float u = __shfl_down_sync(0xffffffffu, v, o);
+            int j = __shfl_down_sync(0xffffffffu, idx, o);
+            if (u > v || (u == v && j < idx)) { v = u; idx = j; }
+        }
+        if (lane == 0) {
+            if (idx == 0x7fffffff) idx = 0;           // all NaN: a valid id rather than garbage
+            int pos = state[1] + 1;
+            state[0] = idx; state[1] = pos; tokens[pos] = idx;
+        }
+    }
+}
 """
 
 # The RMSNorm kernel on its own: lesson 11's exercise rewrites this one.
@@ -360,11 +440,16 @@ class DeviceWeight:
             _grid(n), (BLOCK,), (cp.ascontiguousarray(data), out, np.int64(n)))
         return out
 
-    def gemv(self, x, y, accumulate: bool = False) -> None:
-        """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays."""
+    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
+        """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays.
+        ``norm=(g, eps)``: y = W @ rms_norm(x, g, eps) in the same kernel (no accumulate)."""
         rows, n = self.data.shape
-        name = {"bf16": "gemv_bf16", "f16": "gemv_f16", "f32": "gemv_f32"}[self.kind]
-        kernel(name)(_grid(rows * 32), (BLOCK,), (self.data, x, y, np.int32(rows), np.int32(n), np.int32(accumulate)))
+        grid, i32 = _grid(rows * 32), np.int32
+        if norm is None:
+            kernel("gemv_" + self.kind)(grid, (BLOCK,), (self.data, x, y, i32(rows), i32(n), i32(accumulate)))
+        else:
+            g, eps = norm
+            kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (self.data, x, g, y, i32(rows), i32(n), np.float32(eps)))
 
     def matmul(self, x):
         cp = _cp()
@@ -449,9 +534,11 @@ class Decoder:
         dec = Decoder(upload(params, cfg), cfg, max_len=640)
         logits = dec.prefill(prompt_ids)         # (vocab,) float32 on the GPU
         logits = dec.step(next_id)               # the same buffer, overwritten each step
+        ids = dec.greedy(prompt_ids, 128)        # greedy, the argmax on the GPU, pipelined
 
-    ``graph=False`` launches the 10 kernels per layer one by one instead (to see what the graph
-    saves). Works for plain Llama configs (RoPE on every layer, no qk-norm, no chunked attention).
+    A step is 8 kernels a layer (RMSNorm fused into the products that follow it).
+    ``graph=False`` launches them one by one instead (to see what the graph saves). Works for
+    plain Llama configs (RoPE on every layer, no qk-norm, no chunked attention).
     """
 
     def __init__(self, params, cfg, max_len: int, graph: bool = True):
@@ -473,15 +560,16 @@ class Decoder:
         # Uploads ran on the default stream, which our own stream does not wait for: let them land.
         cp.cuda.Device().synchronize()
         self.stream = cp.cuda.Stream(non_blocking=True)
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)   # greedy(): reads tokens meanwhile
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         shape = (cfg.n_layers, KV, max_len, hd)
         with self.stream:
             self.cache = KVCache(cp.zeros(shape, dtype=cp.float32), cp.zeros(shape, dtype=cp.float32))
             cos, sin = rope_angles(rope_frequencies(hd, cfg.rope_theta, cfg.rope_scaling), np.arange(max_len), cp)
             self.cos, self.sin = cp.ascontiguousarray(cos), cp.ascontiguousarray(sin)
-            self.state = cp.zeros(2, dtype=cp.int32)                # [token, position]
+            self.state = cp.zeros(2, dtype=cp.int32)                # [token, its position]
+            self.tokens = cp.zeros(max_len + 1, dtype=cp.int32)     # greedy: token chosen for each position
             self.x = cp.zeros(D, dtype=cp.float32)                  # the residual stream
-            self.xn = cp.zeros(D, dtype=cp.float32)
             self.qkv = cp.zeros((H + 2 * KV) * hd, dtype=cp.float32)
             self.att = cp.zeros(H * hd, dtype=cp.float32)
             self.n_parts = -(-max_len // ATTN_CHUNK)             # attention split over the keys
@@ -492,10 +580,10 @@ class Decoder:
             self.a = cp.zeros(cfg.hidden_dim, dtype=cp.float32)
             self.logits = cp.zeros(cfg.vocab_size, dtype=cp.float32)
         self.pos = 0
-        self.graph = None
         self.use_graph = graph
+        self.graph = self.greedy_graph = None      # recorded on first use
         self.graph_error = None
-        self._launches = None
+        self._launches = {}
 
     @staticmethod
     def _shared_bytes(chunk: int = None) -> int:
@@ -503,29 +591,25 @@ class Decoder:
         chunk = ATTN_CHUNK if chunk is None else chunk
         return (-(-chunk // 4) * 4 + 4 * BLOCK) * 4
 
-    def launches(self) -> list:
-        """The decode step as (name, launch) pairs in order: ``_launch`` runs them, the graph
-        records exactly these, and benchmarks/gpu.py times each kind on its own."""
+    def launches(self, greedy: bool = False) -> list:
+        """The decode step as (name, launch) pairs in order: the graph records exactly these, and
+        benchmarks/gpu.py times each kind on its own. ``greedy`` adds the on-device argmax."""
         cfg, P = self.cfg, self.params
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         i32, f32 = np.int32, np.float32
-        eps = f32(cfg.norm_eps)
+        eps = cfg.norm_eps
         scale = f32(1.0 / math.sqrt(hd))
         n_rot = (H + KV) * (hd // 2) + KV * hd
 
-        def k(name, grid, args, shared_mem=0):   # one kernel launch, bound now, run later
+        def k(name, grid, args, shared_mem=0, block=BLOCK):   # one kernel launch, bound now, run later
             f = kernel(name)
-            return lambda: f(grid, (BLOCK,), args, shared_mem=shared_mem)
-
-        def norm(w):
-            return k("rms_norm", (1,), (self.x, w, self.xn, i32(D), eps))
+            return lambda: f(grid, (block,), args, shared_mem=shared_mem)
 
         emb = P["tok_embeddings"]
         out = [("embed", k("embed_" + emb.kind, _grid(D), (emb.data, self.state, self.x, i32(D))))]
         for i, layer in enumerate(P["layers"]):
             out += [
-                ("rms_norm", norm(layer["attention_norm"])),
-                ("gemv wqkv", lambda w=layer["wqkv"]: w.gemv(self.xn, self.qkv)),
+                ("gemv wqkv", lambda L=layer: L["wqkv"].gemv(self.x, self.qkv, norm=(L["attention_norm"], eps))),
                 ("rope_store", k("rope_store", _grid(n_rot), (
                     self.qkv, self.cos, self.sin, self.state, self.cache.k, self.cache.v,
                     i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))),
@@ -534,34 +618,45 @@ class Decoder:
                     i32(KV), i32(hd), i32(self.max_len), i32(i), scale, i32(ATTN_CHUNK)), self._shared_bytes())),
                 ("attn_combine", k("attn_combine", (H,), (self.pm, self.pl, self.pacc, self.att, i32(hd),
                                                           i32(self.n_parts)))),
-                ("gemv wo", lambda w=layer["wo"]: w.gemv(self.att, self.x, accumulate=True)),   # x += wo @ att
-                ("rms_norm", norm(layer["ffn_norm"])),
-                ("gemv w13", lambda w=layer["w13"]: w.gemv(self.xn, self.h13)),
+                ("gemv wo", lambda L=layer: L["wo"].gemv(self.att, self.x, accumulate=True)),   # x += wo @ att
+                ("gemv w13", lambda L=layer: L["w13"].gemv(self.x, self.h13, norm=(L["ffn_norm"], eps))),
                 ("swiglu", k("swiglu", _grid(cfg.hidden_dim), (self.h13, self.a, i32(cfg.hidden_dim)))),
-                ("gemv w2", lambda w=layer["w2"]: w.gemv(self.a, self.x, accumulate=True)),      # x += w2 @ a
+                ("gemv w2", lambda L=layer: L["w2"].gemv(self.a, self.x, accumulate=True)),      # x += w2 @ a
             ]
-        out += [("rms_norm", norm(P["norm"])),
-                ("gemv output", lambda: P["output"].gemv(self.xn, self.logits))]
+        out.append(("gemv output", lambda: P["output"].gemv(self.x, self.logits, norm=(P["norm"], eps))))
+        if greedy:
+            out.append(("argmax", k("argmax_next", (1,), (self.logits, i32(cfg.vocab_size), self.state,
+                                                          self.tokens), block=1024)))
         return out
 
-    def _launch(self) -> None:
-        if self._launches is None:
-            self._launches = self.launches()
-        for _, launch in self._launches:
+    def _launch(self, greedy: bool = False) -> None:
+        if greedy not in self._launches:
+            self._launches[greedy] = self.launches(greedy)
+        for _, launch in self._launches[greedy]:
             launch()
 
-    def _capture(self) -> None:
-        """Record the step once; on failure keep launching kernels one by one (and say why)."""
-        try:
-            self.stream.begin_capture()
+    def _run_step(self, greedy: bool = False) -> None:
+        """One decode step on our stream: the recorded graph, or (first time, or without graphs)
+        the launches one by one. The first step compiles the kernels, then records them."""
+        graph = self.greedy_graph if greedy else self.graph
+        if graph is not None:
+            graph.launch(self.stream)
+            return
+        self._launch(greedy)
+        if self.use_graph:
+            self.stream.synchronize()
             try:
-                self._launch()
-            finally:
-                graph = self.stream.end_capture()
-            self.graph = graph
-        except Exception as e:     # an old CuPy or driver: correct either way, only slower
-            self.graph, self.use_graph = None, False
-            self.graph_error = f"{type(e).__name__}: {e}"
+                self.stream.begin_capture()
+                try:
+                    self._launch(greedy)
+                finally:
+                    graph = self.stream.end_capture()
+                if greedy:
+                    self.greedy_graph = graph
+                else:
+                    self.graph = graph
+            except Exception as e:     # an old CuPy or driver: correct either way, only slower
+                self.use_graph, self.graph_error = False, f"{type(e).__name__}: {e}"
 
     def prefill(self, ids):
         """Run the prompt through the model code (cuBLAS), filling the cache. -> (vocab,) logits."""
@@ -575,21 +670,17 @@ class Decoder:
         self.pos = len(ids)
         return self.logits
 
+    def _set_state(self, token: int, pos: int) -> None:
+        # read by the kernels; one host-to-device copy, ordered on our stream
+        self.state.set(np.array([int(token), int(pos)], dtype=np.int32), stream=self.stream)
+
     def step(self, token: int):
         """Feed one token at the next position -> (vocab,) logits (a buffer reused every step)."""
         if self.pos >= self.max_len:
             raise ValueError(f"the Decoder's cache is full ({self.max_len} positions)")
         with self.stream:
-            # read by the kernels; one host-to-device copy, ordered on our stream
-            self.state.set(np.array([int(token), self.pos], dtype=np.int32), stream=self.stream)
-            if self.use_graph and self.graph is None:
-                self._launch()                 # first step: compiles kernels, then record
-                self.stream.synchronize()
-                self._capture()
-            elif self.graph is not None:
-                self.graph.launch(self.stream)
-            else:
-                self._launch()
+            self._set_state(token, self.pos)
+            self._run_step()
         # Our stream does not wait for, nor is waited for by, CuPy's default stream: without this
         # a caller reading the logits (cupy.asnumpy, argmax) on the default stream could see the
         # previous step's. The host needs the logits to choose the next token anyway.
@@ -597,18 +688,45 @@ class Decoder:
         self.pos += 1
         return self.logits
 
-    def greedy(self, ids, n_new: int) -> list:
-        """Prefill, then ``n_new`` greedy tokens (argmax on the GPU; one int crosses per step)."""
+    def greedy(self, ids, n_new: int, on_token=None) -> list:
+        """Prefill, then up to ``n_new`` greedy tokens, chosen on the GPU (``argmax_next`` ends each
+        recorded step and feeds the next one), so the host never waits between steps: it launches
+        step k+1, then reads token k while the GPU computes. ``on_token(tok) -> True`` stops early
+        (the one step already launched is wasted). Returns the tokens."""
         cp = _cp()
-        logits = self.prefill(ids)
-        out = []
-        for _ in range(n_new):
-            with self.stream:
-                tok = int(cp.argmax(logits))
-            out.append(tok)
-            if len(out) == n_new:
-                break
-            logits = self.step(tok)
+        ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+        self.prefill(ids)
+        T, out, events = len(ids), [], []
+        if n_new <= 0:
+            return out
+
+        def launched():                  # mark the end of the work just queued
+            ev = cp.cuda.Event()
+            ev.record(self.stream)
+            events.append(ev)
+
+        def read() -> bool:              # the next token, once its step is done -> stop?
+            k = len(out)
+            events[k].synchronize()
+            with self.copy_stream:       # not behind the step now running on self.stream
+                out.append(int(self.tokens[T + k]))
+            return bool(on_token(out[-1])) if on_token is not None else False
+
+        stopped = False
+        with self.stream:
+            self._set_state(ids[-1], T - 1)       # (last prompt token, its position) ...
+            kernel("argmax_next")((1,), (1024,), (self.logits, np.int32(self.cfg.vocab_size), self.state,
+                                                  self.tokens))     # ... -> (first new token, T)
+            launched()
+            # step k feeds token k-1 at position T+k-1 and chooses token k
+            while not stopped and len(events) < n_new and T + len(events) - 1 < self.max_len:
+                self._run_step(greedy=True)
+                launched()
+                stopped = read()
+            while not stopped and len(out) < len(events):
+                stopped = read()
+        self.stream.synchronize()
+        self.pos = T + len(out) - 1     # the last token returned has not been fed yet
         return out
 
 

@@ -36,6 +36,20 @@ def _gemv(kind):
     return run
 
 
+def _gemv_norm(kind):
+    def run(W, x, g, y, rows, n, eps):
+        assert W.shape == (int(rows), int(n)) and x.shape == g.shape == (int(n),) and y.shape == (int(rows),)
+        xn = x / np.sqrt((x * x).mean() + np.float32(eps)) * g
+        y[...] = _widen(kind, W) @ xn
+    return run
+
+
+def argmax_next(logits, n, state, tokens):
+    """state = (argmax of logits[:n], position + 1); tokens[new position] = that token."""
+    tok, pos = int(np.argmax(logits[: int(n)])), int(state[1]) + 1
+    state[0], state[1], tokens[pos] = tok, pos, tok
+
+
 def _widen_kernel(kind):
     def run(src, dst, n):
         dst.reshape(-1)[: int(n)] = _widen(kind, src.reshape(-1)[: int(n)])
@@ -113,6 +127,8 @@ def swiglu(h13, a, F):
 
 KERNELS = {
     "gemv_bf16": _gemv("bf16"), "gemv_f16": _gemv("f16"), "gemv_f32": _gemv("f32"),
+    "gemv_norm_bf16": _gemv_norm("bf16"), "gemv_norm_f16": _gemv_norm("f16"), "gemv_norm_f32": _gemv_norm("f32"),
+    "argmax_next": argmax_next,
     "widen_bf16": _widen_kernel("bf16"), "widen_f16": _widen_kernel("f16"),
     "rms_norm": rms_norm, "embed_bf16": _embed("bf16"), "embed_f16": _embed("f16"), "embed_f32": _embed("f32"),
     "rope_store": rope_store, "attn_partial": attn_partial, "attn_combine": attn_combine, "swiglu": swiglu,

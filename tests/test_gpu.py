@@ -64,6 +64,31 @@ def test_gemv_kernels(kind, rows, n, acc):
     np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("rows,n", [(1, 8), (37, 576), (512, 4096), (3, 14336)])
+def test_gemv_norm_kernels(kind, rows, n):
+    """W @ rms_norm(x, g) in one kernel (the Decoder's normed products) vs the emulation."""
+    w32 = rng.standard_normal((rows, n), dtype=np.float32) / np.float32(np.sqrt(n))
+    W = {"bf16": gpu._to_bits(w32, "bf16")[0], "f16": w32.astype(np.float16).view(np.uint16), "f32": w32}[kind]
+    x = rng.standard_normal(n, dtype=np.float32) * 5
+    g = 1 + 0.1 * rng.standard_normal(n, dtype=np.float32)
+    args = (W, x, g, np.zeros(rows, np.float32), np.int32(rows), np.int32(n), np.float32(1e-5))
+    (y,) = run(f"gemv_norm_{kind}", gpu._grid(rows * 32), (gpu.BLOCK,), args, [3])
+    ref = np.zeros(rows, np.float32)
+    emu.KERNELS[f"gemv_norm_{kind}"](W, x, g, ref, rows, n, 1e-5)
+    np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 1000, 128256])
+def test_argmax_next_kernel(n):
+    """The first of equal maxima, as NumPy's argmax; state and the token log move on by one."""
+    logits = rng.standard_normal(n, dtype=np.float32)
+    logits[n // 3] = logits[(2 * n) // 3] = logits.max() + 1        # a tie: the first one wins
+    state, tokens = np.array([5, 9], np.int32), np.zeros(12, np.int32)
+    st, tk = run("argmax_next", (1,), (1024,), (logits, np.int32(n), state, tokens), [2, 3])
+    assert st.tolist() == [int(np.argmax(logits)), 10] and tk[10] == int(np.argmax(logits))
+
+
 @pytest.mark.parametrize("T,dim", [(1, 576), (7, 4096), (3, 48)])
 def test_rms_norm_kernel(T, dim):
     x = rng.standard_normal((T, dim), dtype=np.float32) * 3
@@ -144,6 +169,23 @@ def test_tiny_models_prefill_and_decode(name, dtype):
         rows = [cp.asnumpy(dec.prefill(prompt))] + [cp.asnumpy(dec.step(int(t))) for t in nxt]
         np.testing.assert_allclose(np.stack(rows), np.stack(ref), atol=ATOL[dtype])
         assert dec.graph_error is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_pipelined_greedy_matches_numpy_greedy(dtype):
+    """Decoder.greedy (argmax on the GPU, next step launched before the token is read) picks the
+    NumPy model's greedy tokens on the same weights, and step() goes on from where it stopped."""
+    cfg, w, ids = config("llama3_gqa"), make_weights("llama3_gqa"), make_ids("llama3_gqa")[:8]
+    params = nest(dict(rounded(w, dtype)), cfg)
+    cache, ref = new_cache(cfg, 40), []
+    logits = forward(params, cfg, ids, 0, cache, last_only=True)
+    for i in range(20):
+        ref.append(int(np.argmax(logits[-1])))
+        logits = forward(params, cfg, [ref[-1]], len(ids) + i, cache)
+    dec = gpu.Decoder(gpu.upload(w, cfg, dtype), cfg, max_len=40)
+    assert dec.greedy(ids, 16) == ref[:16]
+    assert [int(cp.argmax(dec.step(t))) for t in ref[15:19]] == ref[16:20]
+    assert dec.graph_error is None and dec.greedy_graph is not None
 
 
 @pytest.fixture(scope="module")

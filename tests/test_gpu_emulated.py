@@ -94,7 +94,7 @@ def test_graph_replays_the_same_launches(rec):
     dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=32)
     dec.prefill(ids[:5])
     dec.step(int(ids[5]))
-    per_step = 3 + 10 * cfg.n_layers        # embed, final norm, head + 10 per layer
+    per_step = 2 + 8 * cfg.n_layers        # embed, normed head + 8 per layer
     assert len(dec.graph.calls) == per_step
     before = rec.launches
     dec.step(int(ids[6]))
@@ -118,6 +118,29 @@ def test_greedy_matches_numpy_greedy(rec):
         out.append(t)
         logits = forward(params, cfg, [t], len(ids) + i, cache)
     assert gpu.Decoder(gpu.upload(w, cfg, "float32"), cfg, max_len=16).greedy(ids, 8) == out
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_greedy_stops_early_and_at_a_full_cache_then_steps_on(rec, graph):
+    """greedy(): on_token stops it (the extra launched step is harmless); a full cache ends it;
+    afterwards step() goes on from the last returned token as if it had been fed by hand."""
+    cfg, w, ids = config("tied"), make_weights("tied"), make_ids("tied")[:6]
+    params = nest(dict(w), cfg)
+    cache, ref = new_cache(cfg, 32), []
+    logits = forward(params, cfg, ids, 0, cache, last_only=True)
+    for i in range(12):
+        ref.append(int(np.argmax(logits[-1])))
+        logits = forward(params, cfg, [ref[-1]], len(ids) + i, cache)
+    dev = gpu.upload(w, cfg, "float32")
+    dec = gpu.Decoder(dev, cfg, max_len=32, graph=graph)
+    seen = []
+    got = dec.greedy(ids, 10, on_token=lambda t: seen.append(t) or len(seen) == 4)
+    assert got == seen == ref[:4] and dec.pos == len(ids) + 3
+    rows = [dec.step(t).copy() for t in ref[3:6]]             # feed the 4th token by hand, and on
+    assert [int(np.argmax(r)) for r in rows] == ref[4:7]
+    small = gpu.Decoder(dev, cfg, max_len=len(ids) + 3, graph=graph)
+    assert small.greedy(ids, 10) == ref[:4]                     # positions T..T+2 fed: 4 tokens chosen
+    assert dec.greedy(ids, 0) == []
 
 
 def test_capture_failure_falls_back(rec, monkeypatch):
@@ -239,3 +262,21 @@ def test_gpu_path_matches_transformers(rec, name):
     dec = gpu.Decoder(dev, cfg, max_len=len(ids))
     rows = [np.array(dec.prefill(ids[:n0]))] + [np.array(dec.step(int(t))) for t in ids[n0:]]
     np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)
+
+
+def test_generate_greedy_on_the_decoder_stops_like_the_model_code(rec):
+    """generate(temperature=0, decoder=...) goes through Decoder.greedy: a stop token, a full
+    cache and max_new_tokens end it as they end the model-code loop."""
+    from llama_np.generate import generate
+    cfg, w, ids = config("llama3_gqa"), make_weights("llama3_gqa"), make_ids("llama3_gqa")[:8]
+    ref = generate(nest(dict(w), cfg), cfg, None, ids, max_new_tokens=6, temperature=0, stop_ids=set())
+    dev = gpu.upload(w, cfg, "float32")
+    full = generate(dev, cfg, None, ids, max_new_tokens=10, temperature=0, stop_ids=set(),
+                    decoder=gpu.Decoder(dev, cfg, max_len=len(ids) + 3))
+    assert full.ids == ref.ids[:4] and full.stop_reason == "context"
+    stop = generate(dev, cfg, None, ids, max_new_tokens=10, temperature=0, stop_ids={ref.ids[2]},
+                    decoder=gpu.Decoder(dev, cfg, max_len=32))
+    assert stop.ids == ref.ids[:ref.ids.index(ref.ids[2]) + 1] and stop.stop_reason == "stop"
+    length = generate(dev, cfg, None, ids, max_new_tokens=6, temperature=0, stop_ids=set(),
+                      decoder=gpu.Decoder(dev, cfg, max_len=32))
+    assert length.ids == ref.ids and length.stop_reason == "length" and length.decode_steps == 5
