@@ -12,11 +12,16 @@ Two regimes, two tools:
      bf16 -> float32 is ``bits << 16``, done inside the kernels);
   2. matrix-vector kernels that read the weights with wide (16-byte) loads, one warp per row
      (``gemv_*`` below), instead of a generic GEMM tuned for big matrices;
-  3. few launches: a decode step of Llama 3 8B is ~290 kernels; at ~5-10 us of CPU time per
-     CuPy launch that alone would cap decode near 400 tok/s and, worse, leave the GPU idle
-     between kernels. ``Decoder`` records the whole step once as a CUDA graph and replays it
-     with one launch. CuPy cannot capture cuBLAS in a graph, which is why decode uses only the
-     hand-written kernels here (DESIGN.md section 5).
+  3. few launches: a decode step of Llama 3 8B is 258 kernels (8 a layer, RMSNorm fused into
+     the products after it); at ~5-10 us of CPU time per CuPy launch that alone would cap decode
+     near 400 tok/s and, worse, leave the GPU idle between kernels. ``Decoder`` records the whole
+     step once as a CUDA graph and replays it with one launch. CuPy cannot capture cuBLAS in a
+     graph, which is why decode uses only the hand-written kernels here (DESIGN.md section 5).
+
+Measured on an H100 80GB HBM3 (2026-11-27, benchmarks/gpu.py, Llama 3 8B shape, bf16): decode
+163.8 tok/s = 82 % of the 199 tok/s HBM limit (transformers eager: 25.7). The graph saved 0.7 ms
+a step (144 -> 161 tok/s), the fused RMSNorm ~1 ms (139 -> 161 tok/s with the graph), the
+on-device greedy argmax 2 % more; the same step as separate CuPy array operations ran 14.9 tok/s.
 
 Importing this module never imports CuPy; everything that needs it calls ``_cp()``.
 """
@@ -193,6 +198,7 @@ EMBED(embed_f16, unsigned short, f16_to_f32)
 EMBED(embed_f32, float, f32_id)
 
 // RoPE on the new token's q and k (Meta's neighbouring pairs), then k and v into the cache.
+// One launch, 1.5 us on an H100, where model.forward's RoPE and cache writes are ~10 CuPy ops.
 // qkv: [q (H*hd) | k (KV*hd) | v (KV*hd)]; cos/sin: (max_len, hd/2); state[1] = position.
 // Cache: (n_layers, KV, max_len, hd) float32, the layout of llama_np.kv_cache.KVCache.
 extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const float* sin_t, const int* state,
@@ -222,7 +228,8 @@ extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const floa
 // ("flash-decoding"): block (h, part) takes keys part*chunk .. part*chunk+chunk-1 of head h and
 // writes its own max m, sum l = sum exp(score - m) and acc = sum exp(score - m) v; attn_combine
 // then merges the parts. One block per head would leave most of the GPU idle (32 blocks for
-// Llama 3 8B) while each block reads its whole K and V alone.
+// Llama 3 8B) while each block reads its whole K and V alone. H100, ~600 positions: 10.5 us
+// here + 3.5 us in attn_combine a layer, 0.45 ms of a 6.2 ms Llama 3 8B step.
 // Threads work in groups of G = hd/4 (<= 32, so a group sits inside one warp), each thread one
 // float4 of a key or value row: every load is 16 bytes and a group reads a row in one go.
 // Shared memory: chunk scores (padded to 4), then 4 * blockDim floats for the reductions.
@@ -317,7 +324,8 @@ extern "C" __global__ void attn_combine(const float* pm, const float* pl, const 
     }
 }
 
-// SwiGLU's middle: a = silu(gate) * up, from h13 = [gate (F) | up (F)].
+// SwiGLU's middle: a = silu(gate) * up, from h13 = [gate (F) | up (F)]. 1.5 us (H100), one
+// launch for what is four array operations (exp, add, divide, multiply) in NumPy.
 extern "C" __global__ void swiglu(const float* h13, float* a, int F) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < F) { float g = h13[i]; a[i] = g / (1.0f + expf(-g)) * h13[F + i]; }
