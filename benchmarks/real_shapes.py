@@ -48,6 +48,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.checkpoint_writers import hf_key, meta_key  # noqa: E402  (Meta's and HF's names, written out once)
+
 # Meta params.json as Meta ships them, and the matching Hugging Face config.json fields.
 SHAPES = {
     "1b": {"name": "Llama 3.2 1B", "tied": True,
@@ -78,13 +80,6 @@ SHAPES = {
 HF_COMMON = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
              "attention_bias": False, "mlp_bias": False, "torch_dtype": "bfloat16", "bos_token_id": 1,
              "eos_token_id": 2}
-HF_LAYER = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
-            "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj",
-            "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
-META_GROUP = {"wq": "attention.", "wk": "attention.", "wv": "attention.", "wo": "attention.",
-              "w1": "feed_forward.", "w2": "feed_forward.", "w3": "feed_forward."}
-
-
 def config_of(shape: str):
     from llama_np.config import ModelConfig
     s = SHAPES[shape]
@@ -123,21 +118,6 @@ def tensor_specs(shape: str) -> dict:
     return {k: ("BF16", shapes[k]) for k in order if k in shapes}
 
 
-def hf_name(name: str) -> str:
-    if name.startswith("layers."):
-        _, i, short = name.split(".")
-        return f"model.layers.{i}.{HF_LAYER[short]}.weight"
-    return {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight",
-            "output": "lm_head.weight"}[name]
-
-
-def meta_key(name: str) -> str:
-    if name.startswith("layers."):
-        _, i, short = name.split(".")
-        return f"layers.{i}.{META_GROUP.get(short, '')}{short}.weight"
-    return name + ".weight"
-
-
 def write_checkpoint(shape: str, fmt: str, folder: Path) -> float:
     """Write a random bf16 checkpoint; returns seconds. Skips if a complete one is there."""
     from llama_np.weights import safetensors, torch_zip
@@ -156,7 +136,7 @@ def write_checkpoint(shape: str, fmt: str, folder: Path) -> float:
                         lambda name, f: rnd.write(f, math.prod(specs[name][1]), len(specs[name][1]) == 1))
     else:
         (folder / "config.json").write_text(json.dumps({**HF_COMMON, **SHAPES[shape]["hf"]}))
-        specs = {hf_name(k): v for k, v in specs.items()}
+        specs = {hf_key(k): v for k, v in specs.items()}
         safetensors.write(folder / "model.safetensors", specs,
                           lambda name, f: rnd.write(f, math.prod(specs[name][1]), len(specs[name][1]) == 1),
                           metadata={"format": "pt"})

@@ -5,6 +5,9 @@ with the ``safetensors`` package and q/k rows permuted by transformers' own perm
 (``LlamaTensorProcessor._reverse_permute_weights``, which turns Meta/GGUF's interleaved RoPE
 layout into Hugging Face's). So the loaders under test read files that llama_np did not write.
 Both formats come from the same random weights (``llama_np.model.random_params``).
+
+``meta_key`` and ``hf_key`` (the two naming schemes, written out independently of llama_np's
+loaders) also serve course/fixtures/make_09_real_weights.py and benchmarks/real_shapes.py.
 """
 from __future__ import annotations
 
@@ -93,6 +96,16 @@ def hf_config(spec: dict, cfg: ModelConfig, tie: bool = False) -> dict:
 HF_NAMES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
             "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj",
             "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+HF_TOP = {"tok_embeddings": "model.embed_tokens.weight", "norm": "model.norm.weight", "output": "lm_head.weight"}
+
+
+def hf_key(name: str) -> str:
+    """'layers.0.wq' -> 'model.layers.0.self_attn.q_proj.weight' (transformers' Llama names).
+    Written out here, not taken from llama_np's loader, so a wrong name there cannot hide."""
+    if name in HF_TOP:
+        return HF_TOP[name]
+    _, i, short = name.split(".")
+    return f"model.layers.{i}.{HF_NAMES[short]}.weight"
 
 
 def to_hf_state(flat: dict, cfg: ModelConfig, tie: bool = False) -> dict:
@@ -101,20 +114,14 @@ def to_hf_state(flat: dict, cfg: ModelConfig, tie: bool = False) -> dict:
     permute = LlamaTensorProcessor()._reverse_permute_weights
     out = {}
     for name, a in flat.items():
-        if name == "tok_embeddings":
-            out["model.embed_tokens.weight"] = a
-        elif name == "norm":
-            out["model.norm.weight"] = a
-        elif name == "output":
-            if not tie:
-                out["lm_head.weight"] = a
-        else:
-            _, i, short = name.split(".")
-            if short == "wq":
-                a = permute(a, cfg.n_heads, cfg.n_heads)
-            elif short == "wk":
-                a = permute(a, cfg.n_heads, cfg.n_kv_heads)
-            out[f"model.layers.{i}.{HF_NAMES[short]}.weight"] = a
+        if name == "output" and tie:
+            continue
+        short = name.rsplit(".", 1)[-1]
+        if short == "wq":
+            a = permute(a, cfg.n_heads, cfg.n_heads)
+        elif short == "wk":
+            a = permute(a, cfg.n_heads, cfg.n_kv_heads)
+        out[hf_key(name)] = a
     return out
 
 
