@@ -374,15 +374,19 @@ extern "C" __global__ void argmax_next(const float* logits, int n, int* state, i
 RMS_NORM_SOURCE = KERNELS[KERNELS.index("// RMSNorm"):KERNELS.index("// The token's embedding")]
 
 _module = None
+_functions = {}
 
 
 def kernel(name: str):
-    """A compiled kernel from KERNELS by name (compiled on first use)."""
+    """A compiled kernel from KERNELS by name (compiled on first use, then looked up in a dict:
+    asking CuPy's module for the function on every launch costs more than the launch)."""
     global _module
-    cp = _cp()
-    if _module is None:
-        _module = cp.RawModule(code=KERNELS, options=("-std=c++14",))
-    return _module.get_function(name)
+    f = _functions.get(name)
+    if f is None:
+        if _module is None:
+            _module = _cp().RawModule(code=KERNELS, options=("-std=c++14",))
+        f = _functions[name] = _module.get_function(name)
+    return f
 
 
 def _grid(n: int, block: int = BLOCK) -> tuple:
