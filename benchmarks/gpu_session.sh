@@ -10,7 +10,18 @@
 #    the CUDA-graph decoder);
 # 3. runs benchmarks/gpu.py: tiny and SmolLM2 shapes on NumPy and CuPy, then Llama 3 8B's shape
 #    (random bf16 weights made on the GPU) against transformers eager bf16 and the HBM limit.
+# 4. runs lesson 11's solution notebook cell by cell (benchmarks/run_notebook.py), if SmolLM2 is
+#    in the cache there.
 # Copy the figures it prints into the README's performance section with the device and the date.
+#
+# SmolLM2's real weights (98 MB) are over one call's 64 MiB, and the machine reaches no registry.
+# What worked (2026-11-27): split the cached GGUF in two ignored folders (head -c / tail -c),
+# call 1 carries the first half and copies it to /tmp, call 2 (at once, while the machine is
+# warm) carries the second half and the gguf wheel, and before this script runs:
+#   cat /tmp/a .carry_b/b > /root/.cache/llama_np/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+#   pip install --no-index --no-deps --target /tmp/site .carry_b/gguf-*.whl; export PYTHONPATH=/tmp/site
+# (llama_np checks its sha256). Without it the SmolLM2 tests skip and the benchmark uses random
+# weights of its shape.
 set -u
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # works even if the editable install fails
 OUT=${OUT:-/tmp/gpu_out}
@@ -29,3 +40,9 @@ echo "== benchmark"
 PYTHONUNBUFFERED=1 timeout 300 $PY benchmarks/gpu.py --json "$OUT/gpu.json" >"$OUT/bench.txt" 2>&1
 echo "(exit $?)"
 cat "$OUT/bench.txt"
+if [ -f "${LLAMA_NP_CACHE:-$HOME/.cache/llama_np}/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+    echo "== lesson 11, cell by cell"
+    (cd solutions && PYTHONUNBUFFERED=1 timeout 150 $PY ../benchmarks/run_notebook.py 11_gpu_cupy.ipynb \
+        >"$OUT/lesson11.txt" 2>&1)
+    grep -B2 -A8 "Error\|cells failed" "$OUT/lesson11.txt"
+fi
