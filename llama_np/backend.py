@@ -6,18 +6,21 @@ piece of code runs on both. Importing llama_np never imports CuPy.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 import numpy as np
 
 _DEVICE = "cpu"
+_ALLOCATOR_SET = False
 
 
 class DeviceError(RuntimeError):
     """The requested device cannot be used (no CuPy, no GPU)."""
 
 
+@functools.lru_cache(maxsize=None)   # checked once per process (a failure is not cached: it retries)
 def _cupy():
     """CuPy if it is importable *and* sees a GPU, else raise DeviceError with the reason."""
     try:
@@ -57,12 +60,14 @@ def reuse_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 128
 def use(device: str | None = None):
     """Select ``"cpu"`` or ``"gpu"`` (default: $LLAMA_NP_DEVICE or cpu) and return its array module.
     On the CPU this also sets the allocator to reuse NumPy's freed temporaries (``reuse_freed_memory``)."""
-    global _DEVICE
+    global _DEVICE, _ALLOCATOR_SET
     device = (device or os.environ.get("LLAMA_NP_DEVICE") or "cpu").lower()
     if device not in ("cpu", "gpu"):
         raise DeviceError(f"unknown device {device!r}: use cpu or gpu")
     xp = _cupy() if device == "gpu" else np
-    reuse_freed_memory()     # host-side temporaries exist on both devices; harmless either way
+    if not _ALLOCATOR_SET:   # once: the setting lasts for the process (host temporaries exist on both devices)
+        reuse_freed_memory()
+        _ALLOCATOR_SET = True
     _DEVICE = device
     return xp
 

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from .backend import to_numpy, use
+from .backend import _cupy, to_numpy
 from .kv_cache import KVCache
 from .model import FUSED, flatten, forward, nest
 from .rope import rope_angles, rope_frequencies
@@ -42,7 +42,9 @@ ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
 
 
 def _cp():
-    return use("gpu")
+    """CuPy, checked once (``backend._cupy``). It does not select the device: the GPU functions
+    here are called on every matrix product of a prefill, and must not switch ``use``'s choice."""
+    return _cupy()
 
 
 def decode_limit(weight_bytes_per_token: float, bandwidth_bytes_per_s: float) -> float:
