@@ -230,3 +230,22 @@ def fake_cupy(rec: Recorder):
         get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t),
         runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"NumPy emulation"}))
     return cp
+
+
+# ------------------------------------------------------------------ shared by both GPU test files
+def check_against_transformers(gpu, name: str) -> None:
+    """The GPU path (model code and Decoder) on tiny model ``name`` with float32 weights vs
+    transformers' logits committed in tests/fixtures/tiny (made by make_fixtures.py), within 1e-4.
+    Runs on the real GPU (tests/test_gpu.py) or on this emulation (tests/test_gpu_emulated.py)."""
+    from llama_np.backend import to_numpy
+    from tests.fixtures.tiny import make_fixtures
+    from tests.fixtures.tiny.configs import config, make_weights
+    fx = np.load(make_fixtures.HERE / f"{name}.npz")
+    cfg, ids = config(name), fx["ids"]
+    dev = gpu.upload(make_weights(name), cfg, "float32")
+    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids), fx["logits"], atol=1e-4, rtol=0)
+    n0 = len(ids) // 3
+    dec = gpu.Decoder(dev, cfg, max_len=len(ids))
+    host = lambda a: np.array(to_numpy(a))      # a copy: the Decoder reuses its logits buffer  # noqa: E731
+    rows = [host(dec.prefill(ids[:n0]))] + [host(dec.step(int(t))) for t in ids[n0:]]
+    np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)

@@ -251,17 +251,9 @@ def test_split_attention_matches_the_plain_one():
 
 @pytest.mark.parametrize("name", ["llama2_mha", "llama3_gqa", "llama31_scaled", "tied", "llama3_bf16"])
 def test_gpu_path_matches_transformers(rec, name):
-    """Against the independent reference too: transformers' logits committed in
-    tests/fixtures/tiny (made by make_fixtures.py), float32 weights, model code and Decoder."""
-    from tests.fixtures.tiny import make_fixtures
-    fx = np.load(make_fixtures.HERE / f"{name}.npz")
-    cfg, ids = config(name), fx["ids"]
-    dev = gpu.upload(make_weights(name), cfg, "float32")
-    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids), fx["logits"], atol=1e-4, rtol=0)
-    n0 = len(ids) // 3
-    dec = gpu.Decoder(dev, cfg, max_len=len(ids))
-    rows = [np.array(dec.prefill(ids[:n0]))] + [np.array(dec.step(int(t))) for t in ids[n0:]]
-    np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)
+    """Against the independent reference too: transformers' committed logits, float32 weights,
+    model code and Decoder (the check itself: gpu_emulator.check_against_transformers)."""
+    gpu_emulator.check_against_transformers(gpu, name)
 
 
 def test_generate_greedy_on_the_decoder_stops_like_the_model_code(rec):
