@@ -200,7 +200,7 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
             stamps.append(time.perf_counter())
             done[0] = record(int(tok))
             return done[0]
-        decoder.greedy(prompt, min(max_new_tokens, decoder.max_len - T + 1), on_token=on_token)
+        decoder.greedy(prompt, max_new_tokens, on_token=on_token)   # it also stops when its cache is full
         if not done[0]:                      # neither a stop token nor max_new_tokens: the cache is full
             result.stop_reason = "context"
         result.prefill_s = stamps[0] - t0 if stamps else time.perf_counter() - t0
