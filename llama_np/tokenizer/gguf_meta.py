@@ -48,8 +48,8 @@ def open_reader(path):
     from gguf import GGUFReader  # imported here: only GGUF users need the package
     try:
         return GGUFReader(path, "r")
-    except Exception as e:  # the reader raises many types (ValueError, IndexError, struct errors...)
-        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({one_line(e)})") from None
+    except Exception:  # the reader raises many types (ValueError, IndexError, struct errors...)
+        raise corrupt(path) from None
 
 
 def read_metadata(reader, path) -> dict:
@@ -57,8 +57,20 @@ def read_metadata(reader, path) -> dict:
     try:
         return {key: _plain(field.contents()) for key, field in reader.fields.items()
                 if not key.startswith("GGUF.")}
-    except Exception as e:
-        raise GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({one_line(e)})") from None
+    except Exception:
+        raise corrupt(path) from None
+
+
+def corrupt(path) -> GGUFFormatError:
+    """Our message for a file the reader cannot parse. The reader's own exception is left out:
+    it comes from deep inside NumPy ("cannot reshape array of size 5768 into shape (224,64)")
+    and says nothing a user can act on; the size tells a cut-short download at a glance."""
+    try:
+        size = f"{os.path.getsize(path):,} bytes"
+    except OSError:
+        size = "size unknown"
+    return GGUFFormatError(f"{path} is a truncated or corrupt GGUF file ({size}; its header describes "
+                           f"data that is not there or makes no sense): download or copy it again")
 
 
 def one_line(e: Exception) -> str:
