@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="python -m llama_np",
                         description="Meta's LLaMA family in NumPy: generate text, chat, tokenize, "
                                     "dump logits, verify against references, benchmark.")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND",
+                            help="what to do; `python -m llama_np COMMAND --help` lists its options")
 
     g = sub.add_parser("generate", help="continue a prompt, streaming the text")
     g.add_argument("prompt", nargs="?", metavar="PROMPT",
