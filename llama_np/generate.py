@@ -297,9 +297,10 @@ def generate(params, cfg, tokenizer, prompt_ids, max_new_tokens: int = 128, temp
                 break
             logits = step(result.ids[-1], pos)
             pos += 1
-            done = emit(logits)
             result.decode_steps += 1
             result.decode_s = time.perf_counter() - t1   # kept current: Ctrl-C may come at any step
+            done = emit(logits)
+        result.decode_s = time.perf_counter() - t1
         return result
 
     try:

@@ -183,14 +183,16 @@ def test_tokenize_bad_json_lines(smollm2):
 
 
 # --------------------------------------------------------------- verify and bench, in process
-def test_verify_is_delegated(monkeypatch):
+def test_verify_is_delegated(monkeypatch, tmp_path):
     from llama_np import cli
     seen = {}
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")                      # only checked to exist before verify is called
     monkeypatch.setattr("llama_np.verify.cli_verify", lambda args: seen.setdefault("args", args) and 0)
-    assert cli.main(["verify", "--model", "m.gguf", "--reference", "r.npz", "--prompt", "a", "--prompt", "b",
+    assert cli.main(["verify", "--model", str(model), "--reference", "r.npz", "--prompt", "a", "--prompt", "b",
                      "--tolerance", "0.01"]) == 0
     a = seen["args"]
-    assert (a.model, a.reference, a.prompt, a.tolerance) == ("m.gguf", "r.npz", ["a", "b"], 0.01)
+    assert (a.model, a.reference, a.prompt, a.tolerance) == (str(model), "r.npz", ["a", "b"], 0.01)
 
 
 def test_bench_runs(tiny_gguf, capsys):

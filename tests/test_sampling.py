@@ -110,3 +110,48 @@ def test_penalty_then_greedy_matches_transformers():
     ref = tr.RepetitionPenaltyLogitsProcessor(1.5)(torch.tensor([seen]), torch.from_numpy(logits)[None])
     np.testing.assert_array_equal(repetition_penalty_filter(logits, seen, 1.5), ref[0].numpy())
     assert sample(logits, temperature=0, repetition_penalty=1.5, seen=seen) == int(ref.argmax())
+
+
+# ------------------------------------------------------------------- inside generate()
+def tiny():
+    from llama_np import ModelConfig, random_params
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, max_seq_len=48)
+    return cfg, random_params(cfg, seed=3, std=0.3)
+
+
+def test_generate_penalises_prompt_and_answer():
+    """Each greedy choice is the argmax of that step's logits after the penalty over everything
+    before it: the prompt and the tokens generated so far."""
+    from llama_np.generate import generate
+    cfg, params = tiny()
+    rows = []
+    prompt = [5, 9, 5, 30]
+    r = generate(params, cfg, None, prompt, max_new_tokens=20, temperature=0, repetition_penalty=1.8,
+                 stop_ids=set(), on_logits=rows.append)
+    for k, (row, tok) in enumerate(zip(rows, r.ids)):
+        assert tok == int(np.argmax(repetition_penalty_filter(row, prompt + r.ids[:k], 1.8)))
+    plain = generate(params, cfg, None, prompt, max_new_tokens=20, temperature=0, stop_ids=set())
+    assert len(set(r.ids)) > len(set(plain.ids))       # the penalty spreads the choices out
+
+
+def test_ctrl_c_keeps_the_statistics():
+    from llama_np.generate import GenerationInterrupted, generate
+    cfg, params = tiny()
+
+    class Tok:                                          # streams every token as one character
+        stop_ids, eos_id = set(), None
+
+        def stream_decoder(self):
+            return lambda ids: "x"
+    pieces = []
+
+    def stream(piece):
+        pieces.append(piece)
+        if len(pieces) == 5:
+            raise KeyboardInterrupt
+    with pytest.raises(GenerationInterrupted) as e:
+        generate(params, cfg, Tok(), [1, 2, 3], max_new_tokens=30, temperature=0, stream=stream)
+    r = e.value.result
+    assert isinstance(e.value, KeyboardInterrupt)      # still Ctrl-C to anyone who does not know it
+    assert r.stop_reason == "interrupted" and len(r.ids) == 5 and r.decode_steps == 4
+    assert r.prefill_s > 0 and r.decode_s > 0 and "nan" not in r.summary()
