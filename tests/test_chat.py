@@ -180,10 +180,11 @@ def smollm2():
 STATS = re.compile(r"llama_np: prompt (\d+) tokens.*generated (\d+) tokens")
 
 
-def read_until(fd, buf: bytearray, pattern: bytes, timeout: float = 600) -> None:
-    """Read from fd into buf until ``pattern`` appears (a safety timeout only; no timing assert)."""
+def read_until(fd, buf: bytearray, pattern: bytes, count: int = 1, timeout: float = 600) -> None:
+    """Read from fd into buf until ``pattern`` has appeared ``count`` times (the timeout is a
+    safety net only; nothing here asserts on time)."""
     end = time.monotonic() + timeout
-    while pattern not in buf:
+    while buf.count(pattern) < count:
         if time.monotonic() > end:
             raise AssertionError(f"never saw {pattern!r}; got {bytes(buf)[-2000:]!r}")
         r, _, _ = select.select([fd], [], [], 1.0)
@@ -215,11 +216,11 @@ def test_chat_in_a_terminal(smollm2):
         assert b"/exit" in buf                               # the greeting lists the commands
         os.write(fd, b"My name is Ada.\n")
         read_until(fd, buf, b"tok/s")
-        read_until(fd, buf, b"> ")
+        read_until(fd, buf, b"> ", 2)
         first = len(buf)
         os.write(fd, b"What is my name?\n")
-        read_until(fd, buf, b"tok/s")
-        read_until(fd, buf, b"> ")
+        read_until(fd, buf, b"tok/s", 2)
+        read_until(fd, buf, b"> ", 3)
         os.write(fd, b"/exit\n")
         _, status = os.waitpid(pid, 0)
     finally:
