@@ -167,9 +167,12 @@ def repl(chat: Chat, stdin=None, stdout=None, stderr=None, interactive: bool | N
             if cmd == "/reset":
                 chat.reset()
                 say("conversation cleared")
-            elif cmd == "/system" and rest.strip():
-                chat.system = rest.strip()
-                say("system prompt set (the conversation so far is kept)")
+            elif cmd == "/system":
+                if rest.strip():
+                    chat.system = rest.strip()
+                    say("system prompt set (the conversation so far is kept)")
+                else:
+                    say("/system needs the new system prompt: /system TEXT")
             elif cmd == "/help":
                 say(HELP)
             else:

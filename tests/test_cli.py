@@ -352,8 +352,11 @@ def test_ctrl_c_exits_130_with_statistics(smollm2):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     prompt = "Once upon a time"
     p = subprocess.Popen([sys.executable, "-m", "llama_np", "generate", prompt, "--temperature", "0",
-                          "--repetition-penalty", "1.3", "--max-new-tokens", "500"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+                          "--repetition-penalty", "1.3", "--max-new-tokens", "200"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
+                         # A shell without job control starts background jobs with SIGINT ignored,
+                         # and Python keeps it so; a terminal's Ctrl-C is never ignored.
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out = b""
         while len(out) <= len(prompt):                       # the prompt, then the first token
@@ -369,7 +372,7 @@ def test_ctrl_c_exits_130_with_statistics(smollm2):
     last = err.decode().strip().splitlines()[-1]
     assert "Traceback" not in err.decode()
     m = re.match(r"llama_np: prompt \d+ tokens: [\d.]+ tok/s; generated (\d+) tokens.*\(interrupted\)$", last)
-    assert m and 1 <= int(m.group(1)) < 500, last
+    assert m and 1 <= int(m.group(1)) < 200, last
 
 
 # ---------------------------------------------------------------------- the README's commands
