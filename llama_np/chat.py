@@ -134,8 +134,10 @@ def repl(chat: Chat, stdin=None, stdout=None, stderr=None, interactive: bool | N
             f"dropped the oldest {n} messages")
 
     def read() -> str:
+        if interactive and stdin is sys.stdin:
+            return input("> ")           # readline's line editing on the terminal
         if interactive:
-            return input("> ")
+            write("> ")
         line = stdin.readline()
         if not line:
             raise EOFError

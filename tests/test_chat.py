@@ -167,6 +167,35 @@ def test_repl_ctrl_c_while_piped_exits_130_with_statistics():
     assert len(chat.results) == 1
 
 
+def test_repl_interactive_ctrl_c():
+    """At a terminal, Ctrl-C during an answer stops that answer only; at the prompt it leaves (130)."""
+    class Keys(io.StringIO):
+        def readline(self):
+            line = super().readline()
+            if line == "^C\n":
+                raise KeyboardInterrupt
+            return line
+
+    class Interrupting(io.StringIO):
+        pieces = 0
+
+        def write(self, s):
+            self.pieces += s != "> "
+            if self.pieces == 2:                                # during the first answer
+                raise KeyboardInterrupt
+            return super().write(s)
+    chat = Chat(PARAMS, CFG, TOK, max_new_tokens=6, seed=0, temperature=1.0)
+    chat.tok = type("NoStop", (ByteChatML,), {"stop_ids": set(), "eos_id": None})()
+    out, err = Interrupting(), io.StringIO()
+    code = repl(chat, Keys("first\nsecond\n^C\nnever\n"), out, err, interactive=True)
+    assert code == 130
+    first, second = chat.results                               # (a piece can hold several byte tokens)
+    assert first.stop_reason == "interrupted" and len(first.ids) < 6 and len(second.ids) == 6
+    n = len(first.ids) + 6
+    assert err.getvalue().splitlines()[-1] == f"llama_np: interrupted: 2 answers, {n} tokens generated"
+    assert out.getvalue().count("> ") == 3
+
+
 # ---------------------------------------------------------- the real model, as a user runs it
 @pytest.fixture(scope="module")
 def smollm2():
