@@ -242,6 +242,8 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     from .chat import Chat, repl
+    if args.max_new_tokens == 0:
+        raise UsageError("--max-new-tokens must be >= 1 for chat (answers need at least one token)")
     _check_model(args.model)
     cfg, params, tok = _load(args.model, args.device)
     tok = _need_tokenizer(tok, "chat")

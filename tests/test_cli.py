@@ -249,7 +249,7 @@ def test_bad_flags_are_one_line_naming_the_flag(no_loading, capsys, command, arg
     (["logits", "--ids", "1,-2", "--out", "x.npy"], "--ids"), (["logits", "--ids", ",", "--out", "x.npy"], "--ids"),
     (["logits", "--ids", "1", "--out", "x.txt"], "--out"), (["verify"], "--model"),
     (["verify", "--model", "/no/such/dir"], "--model"), (["verify", "--model", "m.gguf", "--tolerance", "-1"], "--tolerance"),
-    (["bench", "--new-tokens", "0"], "--new-tokens"), (["tokenize", "--tokenizer", "/no/such.model", "hi"], "--tokenizer"),
+    (["bench", "--new-tokens", "0"], "--new-tokens"), (["chat", "--max-new-tokens", "0"], "--max-new-tokens"), (["tokenize", "--tokenizer", "/no/such.model", "hi"], "--tokenizer"),
 ])
 def test_other_bad_command_lines(no_loading, capsys, argv, words):
     code, err = main_code(no_loading, argv, capsys)
