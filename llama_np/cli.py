@@ -328,13 +328,12 @@ MODEL_HELP = ("a .gguf file, a Meta folder (params.json), a Hugging Face folder 
 DEVICE_HELP = "where the model runs: cpu (NumPy, default) or gpu (CuPy on an NVIDIA GPU)"
 
 
-def _add_sampling(p, max_new: int) -> None:
+def _add_sampling(p, max_new: int, max_new_help: str) -> None:
     """The flags generate and chat share. Applied in transformers' order: repetition penalty,
     temperature, top-k, top-p, min-p (``llama_np.generate``)."""
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--max-new-tokens", type=_nonneg_int, default=max_new, metavar="N",
-                   help=f"stop after N new tokens (default {max_new}; capped, with a note, to what the "
-                        f"context leaves; 0 = only load and tokenize)")
+                   help=f"stop after N new tokens (default {max_new}; {max_new_help})")
     p.add_argument("--temperature", type=_float(lambda v: v >= 0, ">= 0 (0 = greedy)"), default=0.7,
                    metavar="T", help="divide the logits by T before sampling; 0 = greedy (default 0.7)")
     p.add_argument("--top-k", type=_nonneg_int, default=0, metavar="K", help="keep the K most likely tokens (0 = all)")
@@ -343,8 +342,8 @@ def _add_sampling(p, max_new: int) -> None:
     p.add_argument("--min-p", type=_float(lambda v: 0 <= v <= 1, "in [0, 1]"), default=0.0, metavar="P",
                    help="keep tokens at least P times as likely as the most likely one, in [0, 1] (0 = off)")
     p.add_argument("--repetition-penalty", type=_float(lambda v: v > 0, "> 0 (1 = off)"), default=1.0,
-                   metavar="R", help="divide the logits of tokens already in the text by R (> 0; 1 = off, "
-                                     "1.1-1.3 stops loops; applies to greedy too)")
+                   metavar="R", help="make tokens already in the text less likely: logit / R when positive, "
+                                     "* R when negative (> 0; 1 = off; 1.1-1.3 stops loops; greedy too)")
     p.add_argument("--seed", type=_nonneg_int, default=None, metavar="S",
                    help="random seed, >= 0 (same seed, same text)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help=DEVICE_HELP)
@@ -361,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", metavar="PROMPT",
                    help="the text to continue (default: standard input, without its final newline, so "
                         "`echo TEXT | ...` is the same prompt as TEXT)")
-    _add_sampling(g, 128)
+    _add_sampling(g, 128, "capped, with a note, to what the context leaves after the prompt; "
+                          "0 = only load and tokenize")
     g.add_argument("--chat", action="store_true", help="wrap PROMPT in the model's chat template as a user turn")
     g.set_defaults(func=cmd_generate)
 
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "told).")
     c.add_argument("--system", metavar="TEXT",
                    help="the system prompt (default: the template's own, e.g. SmolLM2's; \"\" for none)")
-    _add_sampling(c, 512)
+    _add_sampling(c, 512, "per answer; the history is trimmed to leave room for it")
     c.set_defaults(func=cmd_chat)
 
     t = sub.add_parser("tokenize", help="print token ids as JSON (JSON Lines from stdin without TEXT)")
