@@ -1,4 +1,4 @@
-"""``python -m llama_np``: generate, chat, tokenize, logits, verify, bench.
+"""``python -m llama_np``: generate, chat, tokenize, logits, verify, bench (docs/design.md §4).
 
 Every mistake a user can make ends in one line on stderr ("llama_np: error: ...") and no
 traceback. Exit codes:

@@ -1,13 +1,13 @@
 """The real default model, SmolLM2-135M-Instruct (Q4_1 GGUF), against transformers.
 
 transformers loads the same GGUF with its own dequantizer and runs its eager float32 Llama; the
-numbers it gave are committed in tests/fixtures/smollm2/reference.npz (made by make_fixtures.py
+numbers it gave are committed in course/fixtures/smollm2/reference.npz (made by make_fixtures.py
 beside it), so these tests check llama_np against the reference even without torch. With torch
 installed, the slow test compares full-vocabulary rows directly and remakes the fixture.
 
 Tolerance: both sides compute in float32 from identical float32 weights (both dequantize the same
 Q4_1 blocks exactly); the differences are summation order in BLAS and exp/sin/cos rounding over 30
-layers. DESIGN.md measured 4.3e-5 for a plain NumPy forward; 1e-3 leaves 20x room for other BLAS
+layers. docs/design.md §2: 4.3e-5 measured for a plain NumPy forward; 1e-3 leaves 20x room for other BLAS
 builds yet is far below any real bug (a wrong q/k layout moves logits by whole units, below).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from llama_np import forward, nest
 from llama_np.generate import generate
-from tests.fixtures.smollm2 import make_fixtures as mf
+from course.fixtures.smollm2 import make_fixtures as mf
 
 ATOL = 1e-3
 
@@ -53,7 +53,7 @@ def test_fixture_is_for_this_file(fx):
 
 
 def test_config(smollm2):
-    cfg, _, _ = smollm2  # DESIGN.md section 3
+    cfg, _, _ = smollm2  # docs/design.md §3
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim) == (30, 576, 9, 3, 64, 1536)
     assert (cfg.vocab_size, cfg.rope_theta, cfg.max_seq_len, cfg.tie_embeddings) == (49152, 100000.0, 8192, True)
 
