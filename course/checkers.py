@@ -87,8 +87,11 @@ def _describe(value) -> str:
     """A short, stable description of an input: shapes and dtypes, not contents."""
     if isinstance(value, np.ndarray):
         return f"array{tuple(value.shape)} {value.dtype}"
-    if isinstance(value, (list, tuple)) and len(value) > 6:
-        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, (list, tuple)) and (len(value) > 6 or not _is_flat_numbers(value)):
+        if len(value) > 6:
+            return f"{type(value).__name__} of {len(value)}"
+        inner = ", ".join(_describe(v) for v in value)
+        return _clip(("[" + inner + "]") if isinstance(value, list) else ("(" + inner + ")"), 120)
     if isinstance(value, dict):
         if len(value) > 6:
             return f"dict of {len(value)} entries"

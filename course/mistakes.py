@@ -29,7 +29,7 @@ class Mistake:
 
     @property
     def message(self) -> str:
-        return f"this looks like {self.what}. {self.fix}"
+        return f"this looks like {self.what}. Fix: {self.fix}"
 
 
 MISTAKES: dict[str, list[Mistake]] = {}
@@ -835,6 +835,39 @@ mistake("bf16_to_float32", "the bits read as float16 (a different 16-bit format:
     lambda raw: np.asarray(raw, dtype=np.uint16).view(np.float16).astype(np.float32))
 
 
+def listing(tensors):
+    """What load_safetensors' check compares: (name, dtype, shape, memory-mapped?, values) by name."""
+    return [(k, str(v.dtype), list(v.shape), isinstance(v, np.memmap), np.asarray(v, dtype=np.float64))
+            for k, v in sorted(tensors.items())]
+
+
+_ST = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "I8": np.int8}
+
+
+def _load(path, how):
+    header, data_start = _header(path, "")
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        dtype = np.float16 if (how == "bf16 as f16" and info["dtype"] == "BF16") else _ST[info["dtype"]]
+        offset = begin if how == "no data_start" else data_start + begin
+        if how == "copies":
+            with open(path, "rb") as f:
+                f.seek(offset)
+                out[name] = np.frombuffer(f.read(end - begin), dtype=dtype).reshape(info["shape"]).copy()
+        else:
+            out[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(info["shape"]))
+    return listing(out)
+
+
+mistake("load_safetensors", "offsets counted from the start of the file (data_start forgotten)",
+        "data_offsets count from the end of the header: offset=data_start + begin")(lambda path: _load(path, "no data_start"))
+mistake("load_safetensors", "BF16 read as np.float16 (another 16-bit format)",
+        "keep BF16 as its np.uint16 bit patterns; bf16_to_float32 widens them")(lambda path: _load(path, "bf16 as f16"))
+mistake("load_safetensors", "tensors read into memory (copies) instead of memory-mapped",
+        "np.memmap(path, dtype=..., mode='r', offset=..., shape=...) reads only what is used")(lambda path: _load(path, "copies"))
+
+
 # ============================================================ lesson 10: mixture of experts
 def _route(x, w_router, k, kind="mixtral", how=""):
     logits = x @ w_router.T
@@ -978,7 +1011,7 @@ def gqa_inputs(rng):
 def layer_norm_inputs(rng):
     """x of random shape and scale (small scales make eps matter), weight and bias near 1 and 0."""
     dim = int(rng.integers(4, 300))
-    x = (rng.standard_normal((int(rng.integers(1, 5)), dim)) * 10.0 ** rng.uniform(-3, 2) + rng.uniform(-3, 3))
+    x = (rng.standard_normal((int(rng.integers(1, 5)), dim)) + rng.uniform(-3, 3)) * 10.0 ** rng.uniform(-3, 2)
     weight = (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(dim)).astype(np.float32)
     return x.astype(np.float32), weight, bias, float(rng.choice([1e-5, 1e-6]))
@@ -1167,6 +1200,8 @@ def _cases() -> dict[str, Case]:
         llama_np.weights.safetensors.save(path, tensors, metadata={"format": "pt"} if rng.random() < 0.5 else None)
         return str(path)
     cases["read_header"] = Case(llama_np.weights.safetensors.read_header, random_safetensors, n_trials=5)
+    cases["load_safetensors"] = Case(lambda path: listing(llama_np.weights.safetensors.load(path)), random_safetensors,
+                                     atol=0, rtol=0, n_trials=3, labels=lambda i: f"tensor {i + 1} (in name order)")
     def random_bits(rng):
         shape = tuple(int(s) for s in rng.integers(1, 7, size=int(rng.integers(1, 4))))
         return rng.integers(0, 1 << 16, size=shape).astype(np.uint16)
