@@ -65,9 +65,9 @@ def error_of(cell):
     return None
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, n: int = 160) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return _short(lines[0] if lines else "", 160)
+    return _short(lines[0] if lines else "", n)
 
 
 def judge(expected_cell, ran_cell, patterns) -> str | None:
@@ -77,7 +77,9 @@ def judge(expected_cell, ran_cell, patterns) -> str | None:
         return None
     err = error_of(ran_cell)
     if err is not None and "NBVAL_RAISES_EXCEPTION" not in marks and "RAISES_EXCEPTION" not in marks:
-        ename, evalue = err.get("ename", "Error"), one_line(err.get("evalue", ""))
+        ename = err.get("ename", "Error")
+        # a check's message (a known mistake and its fix) is worth up to 400 characters
+        evalue = one_line(err.get("evalue", ""), 400 if ename in ("AssertionError", "CheckFailed") else 160)
         if ename == "NotImplementedError":
             return "not implemented yet (replace `raise NotImplementedError()` with your code)"
         if ename in ("Stopped", "NotRun"):     # made up by run_notebook, not raised by the code

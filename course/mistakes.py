@@ -170,6 +170,9 @@ def _split_with(pattern):
 
 _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+mistake("split", "no split at all: the whole text returned as one piece",
+        "return regex.findall(pattern, text) with Meta's pattern: words, numbers, punctuation and spaces apart")(
+    lambda text: [text] if text else [])
 mistake("split", "contractions matched in lower case only ('S after a capital word stays apart)",
         "make the contractions case-insensitive: (?i:'s|'t|'re|'ve|'m|'ll|'d)")(
     lambda text: _split_with(_SPLIT.replace("(?i:'s|", "(?:'s|"))(text))
