@@ -16,6 +16,7 @@ cell has a time limit (``check_timeout``) so that a very slow answer is reported
 """
 from __future__ import annotations
 
+import ast
 import logging
 import subprocess
 import time
@@ -93,12 +94,172 @@ def judge(expected_cell, ran_cell, patterns) -> str | None:
     return f"output differs: {diff}" if diff else None
 
 
+def _stored(node) -> set[str]:
+    out = set()
+    for t in ast.walk(node):
+        if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store):
+            out.add(t.id)
+        elif isinstance(t, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(t.name)
+        elif isinstance(t, (ast.Import, ast.ImportFrom)):
+            out |= {(a.asname or a.name).split(".")[0] for a in t.names}
+    return out
+
+
+class _Reads(ast.NodeVisitor):
+    """Names a cell reads before binding them itself (so their values come from earlier cells).
+    Statements are visited in order; loop targets, with-targets, comprehension targets and
+    function arguments are bound before the code that uses them."""
+
+    def __init__(self):
+        self.bound, self.reads = [set()], set()
+
+    def _bind(self, target):
+        self.bound[-1] |= {t.id for t in ast.walk(target) if isinstance(t, ast.Name)}
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and not any(node.id in b for b in self.bound):
+            self.reads.add(node.id)
+        elif isinstance(node.ctx, ast.Store):
+            self.bound[-1].add(node.id)
+
+    def visit_Assign(self, node):
+        self.visit(node.value)
+        for t in node.targets:
+            self.visit(t)
+
+    def visit_For(self, node):
+        self.visit(node.iter)
+        self._bind(node.target)
+        for n in node.body + node.orelse:
+            self.visit(n)
+
+    def visit_With(self, node):
+        for item in node.items:
+            self.visit(item.context_expr)
+            if item.optional_vars is not None:
+                self._bind(item.optional_vars)
+        for n in node.body:
+            self.visit(n)
+
+    def _scope(self, args, body, name=None):
+        if name:
+            self.bound[-1].add(name)
+        self.bound.append({a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+                          | {a.arg for a in (args.vararg, args.kwarg) if a})
+        for n in body if isinstance(body, list) else [body]:
+            self.visit(n)
+        self.bound.pop()
+
+    def visit_FunctionDef(self, node):
+        for d in node.decorator_list + node.args.defaults + node.args.kw_defaults:
+            if d is not None:
+                self.visit(d)
+        self._scope(node.args, node.body, node.name)
+
+    def visit_Lambda(self, node):
+        self._scope(node.args, node.body)
+
+    def _comprehension(self, node, parts):
+        self.bound.append(set())
+        for gen in node.generators:
+            self.visit(gen.iter)
+            self._bind(gen.target)
+            for cond in gen.ifs:
+                self.visit(cond)
+        for part in parts:
+            self.visit(part)
+        self.bound.pop()
+
+    def visit_ListComp(self, node):
+        self._comprehension(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node):
+        self._comprehension(node, [node.key, node.value])
+
+    def visit_Import(self, node):
+        self.bound[-1] |= {(a.asname or a.name).split(".")[0] for a in node.names}
+
+    visit_ImportFrom = visit_Import
+
+
+def _loaded(tree) -> set[str]:
+    v = _Reads()
+    v.visit(tree)
+    return v.reads
+
+
+def deferrable(nb) -> set[int]:
+    """Demonstration cells that nothing later depends on, which ``check`` runs after all exercises
+    pass instead of in place: so a failing exercise is reported without waiting for, e.g., a
+    timing demonstration of 100 s. A cell qualifies when nbval ignores its output (a timing or
+    memory measurement: NBVAL_IGNORE_OUTPUT), no later cell reads a name it binds or changes one it
+    reads, and it changes no object it did not create (no assignment to an attribute or item of an
+    outside name, no method call on one other than a module's, no global). Any doubt (a syntax
+    error, IPython magics) keeps the cell in place. Files are not tracked: hence only measurements."""
+    trees = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            try:
+                trees[i] = ast.parse(cell.source)
+            except SyntaxError:
+                trees[i] = None
+    modules = {(a.asname or a.name).split(".")[0] for t in trees.values() if t for n in ast.walk(t)
+               if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    out = set()
+    for i, tree in trees.items():
+        cell = nb.cells[i]
+        if tree is None or is_exercise(cell) or is_check(cell) or "NBVAL_IGNORE_OUTPUT" not in nbval_markers(cell):
+            continue
+        mine, reads = _stored(tree), _loaded(tree)
+        later = [t for j, t in trees.items() if j > i]
+        if any(t is None for t in later):
+            continue
+        if any(_loaded(t) & mine or (_stored(t) | _touched(t, modules)) & reads for t in later):
+            continue
+        touched = _touched(tree, modules)
+        if touched - mine or touched & {"sys", "os", "warnings", "importlib"} or _touches_outside(tree):
+            continue
+        out.add(i)
+    return out
+
+
+def _base(node):
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _touched(tree, modules: set[str]) -> set[str]:
+    """Names whose objects a cell may change in place: item or attribute assignments, augmented
+    assignments, del, and method calls (a module's functions aside, sys's and os's included)."""
+    out = set()
+    for n in ast.walk(tree):
+        targets = (n.targets if isinstance(n, (ast.Assign, ast.Delete)) else
+                   [n.target] if isinstance(n, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            if isinstance(t, (ast.Attribute, ast.Subscript)) or isinstance(n, (ast.AugAssign, ast.Delete)):
+                out.add(_base(t))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+            b = _base(n.func)
+            if b not in modules or b in ("sys", "os", "warnings", "importlib"):
+                out.add(b)
+    return out - {None}
+
+
+def _touches_outside(tree) -> bool:
+    return any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in ast.walk(tree))
+
+
 def run_notebook(nb, cwd: Path, timeout: int = 600, check_timeout: int | None = None,
-                 stop_at=None):
+                 stop_at=None, deferred=frozenset()):
     """Execute a copy of ``nb`` cell by cell in a fresh kernel; errors are kept as outputs, not
     raised. ``check_timeout``: the time limit of exercise and check cells (nbgrader) instead of
     ``timeout``. ``stop_at(i, ran_cell)`` -> a reason, after each cell: the cells after it are not
-    run and get that reason as their error (the first failing exercise stops the run)."""
+    run and get that reason as their error (the first failing exercise stops the run).
+    ``deferred``: cells run last, in their order (see ``deferrable``)."""
     import copy
 
     from nbclient import NotebookClient
@@ -113,7 +274,9 @@ def run_notebook(nb, cwd: Path, timeout: int = 600, check_timeout: int | None = 
     n, stopped = 0, None
     # The kernel's own log (e.g. ipykernel's transport warning) is not the learner's business.
     with client.setup_kernel(env=kernel_env(), cwd=str(cwd), stderr=subprocess.DEVNULL):
-        for i, cell in enumerate(ran.cells):
+        order = [i for i in range(len(ran.cells)) if i not in deferred] + sorted(deferred)
+        for i in order:
+            cell = ran.cells[i]
             if cell.cell_type != "code" or "NBVAL_SKIP" in nbval_markers(cell):
                 continue
             if stopped:
@@ -160,11 +323,12 @@ def check(lesson_path: Path, timeout: int = 600, out=print, sanitize: Path | Non
         if ex is None or first_failure or judge(nb.cells[i], ran_cell, patterns) is None:
             return None
         first_failure.append(ex)
-        return None if keep_going else f"depends on exercise {ex.grade_id}, which fails"
+        return None if keep_going else (f"not checked: exercise {ex.grade_id} fails first, and later cells "
+                                        f"may use it (--keep-going checks them anyway)")
 
     out(f"Checking {_rel(lesson_path)} (a fresh kernel runs every cell, up to the first failing exercise)...")
     t0 = time.perf_counter()
-    ran = run_notebook(nb, lesson_path.parent, timeout, check_timeout, stop_at)
+    ran = run_notebook(nb, lesson_path.parent, timeout, check_timeout, stop_at, deferrable(nb))
     seconds = time.perf_counter() - t0
 
     failed = first_failure[0] if first_failure else None
@@ -177,19 +341,19 @@ def check(lesson_path: Path, timeout: int = 600, out=print, sanitize: Path | Non
             in_check = i != ex.cells[0] and p.startswith("output differs")
             ex.problem = p + (" (in its check cell)" if in_check else "")
             if failed is not None and ex is not failed and exercises.index(ex) > exercises.index(failed) \
-                    and not ex.problem.startswith("depends on"):
+                    and not ex.problem.startswith("not checked"):
                 ex.problem += f" (may depend on exercise {failed.grade_id}, which fails first)"
     failing_others = []
     for i in others:
         p = judge(nb.cells[i], ran.cells[i], patterns)
         if p and p.startswith("not implemented"):
             p = "uses an exercise that is not implemented yet"
-        if p and not p.startswith("depends on"):
+        if p and not p.startswith("not checked"):
             failing_others.append((i, p))
 
     width = max([len(ex.grade_id) for ex in exercises] + [1])
     for ex in exercises:
-        mark = "✓" if ex.problem is None else ("·" if ex.problem.startswith("depends on") else "✗")
+        mark = "✓" if ex.problem is None else ("·" if ex.problem.startswith("not checked") else "✗")
         title = f"  {ex.title}" if ex.title else ""
         line = f"  {mark} {ex.grade_id:<{width}}{title}"
         out(line if ex.problem is None else f"{line}\n      {ex.problem}")
@@ -208,4 +372,4 @@ def check(lesson_path: Path, timeout: int = 600, out=print, sanitize: Path | Non
     return 0 if n_pass == len(exercises) and not failing_others else 1
 
 
-__all__ = ["check", "group_exercises", "judge", "run_notebook"]
+__all__ = ["check", "deferrable", "group_exercises", "judge", "run_notebook"]
