@@ -568,10 +568,10 @@ def _block(kind):
         if kind == "post-norm":
             h = rms_norm(x + attention_block(x, layer, cfg, cos, sin), layer["attention_norm"], cfg.norm_eps)
             return rms_norm(h + feed_forward(h, layer, cfg), layer["ffn_norm"], cfg.norm_eps)
-        if kind == "normed residual":
+        if kind in ("normed residual", "both normed residuals"):
             h = an + attention_block(an, layer, cfg, cos, sin)
             hn = rms_norm(h, layer["ffn_norm"], cfg.norm_eps)
-            return hn + feed_forward(hn, layer, cfg)
+            return (hn if kind == "both normed residuals" else h) + feed_forward(hn, layer, cfg)
         if kind == "parallel":
             return (x + attention_block(an, layer, cfg, cos, sin)
                     + feed_forward(rms_norm(x, layer["ffn_norm"], cfg.norm_eps), layer, cfg))
@@ -586,6 +586,9 @@ mistake("transformer_block", "post-norm: the norm after the residual add (the or
         "pre-norm: h = x + attention(rms_norm(x)); out = h + ffn(rms_norm(h))")(_block("post-norm"))
 mistake("transformer_block", "the residual taken from the normalised x instead of x itself",
         "add the branch to the raw stream: h = x + attention(rms_norm(x, ...))")(_block("normed residual"))
+mistake("transformer_block", "both residuals taken from the normalised stream instead of the stream itself",
+        "add each branch to the raw stream: h = x + attention(rms_norm(x)); out = h + ffn(rms_norm(h))")(
+    _block("both normed residuals"))
 mistake("transformer_block", "the FFN fed from the block's input instead of h (the stream after attention)",
         "the FFN reads rms_norm(h) where h = x + attention(...)")(_block("parallel"))
 mistake("transformer_block", "the residual connections forgotten",
