@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("lesson", metavar="NN", help="lesson number or name, or a path to a notebook")
     c.add_argument("--solution", action="store_true", help="check the solution notebook instead (authors)")
     c.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    c.add_argument("--check-timeout", type=int, default=60,
+                   help="seconds per exercise or check cell (default 60): a slower answer is reported, not waited for")
+    c.add_argument("--keep-going", action="store_true",
+                   help="run the cells after the first failing exercise too (their failures may only repeat it)")
     c.add_argument("--sanitize", type=Path, default=None,
                    help="nbval sanitize file (default: course/nbval_sanitize.cfg)")
     dirs(c)
@@ -47,7 +51,10 @@ def main(argv=None) -> int:
         if args.command == "check":
             from .check import check
             folder = args.solutions if args.solution else args.lessons
-            return check(find_notebook(args.lesson, folder), timeout=args.timeout, sanitize=args.sanitize)
+            if args.timeout < 1 or args.check_timeout < 1:
+                raise CourseError("--timeout and --check-timeout must be at least 1 second")
+            return check(find_notebook(args.lesson, folder), timeout=args.timeout, sanitize=args.sanitize,
+                         check_timeout=args.check_timeout, keep_going=args.keep_going)
 
         from .build import build, execute, orphan_lessons
         specs = args.lessons_to_build
