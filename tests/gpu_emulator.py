@@ -1,7 +1,7 @@
 """A NumPy stand-in for CuPy and for llama_np.gpu's CUDA kernels, so the GPU path's orchestration
 (upload, buffer layouts, kernel arguments, CUDA-graph replay) is tested on machines without a GPU.
 
-Each emulated kernel takes exactly the arguments its CUDA twin in ``llama_np.gpu.KERNELS`` takes,
+Each emulated kernel takes exactly the arguments its CUDA twin in ``llama_np/kernels/*.cu`` takes,
 in the same order, and computes the same thing with NumPy: so a wrong offset, a swapped argument
 or a value baked into the graph at capture time fails here too. What this cannot catch is a bug
 *inside* a kernel's CUDA code; tests/test_gpu.py checks those on a real GPU.
@@ -166,6 +166,14 @@ class DeviceArray(np.ndarray):
         self[...] = arr
 
 
+def _empty(shape, dtype=np.float32):
+    """Uninitialised device memory: NaN here, so a kernel that reads what nothing wrote fails."""
+    a = np.empty(shape, dtype=dtype)
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    return a.view(DeviceArray)
+
+
 def fake_cupy(rec: Recorder):
     """numpy, plus the bits of cupy.cuda that llama_np.gpu touches."""
 
@@ -222,6 +230,7 @@ def fake_cupy(rec: Recorder):
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
     cp.zeros = lambda *a, **k: np.zeros(*a, **k).view(DeviceArray)
+    cp.empty = _empty
     cp.asnumpy = lambda a: np.array(a, copy=True)   # a copy, as from the device
     cp.random = types.SimpleNamespace(RandomState=RandomState)
     cp.get_default_memory_pool = lambda: pool
