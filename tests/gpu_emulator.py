@@ -244,17 +244,19 @@ def fake_cupy(rec: Recorder):
 # ------------------------------------------------------------------ shared by both GPU test files
 def check_against_transformers(gpu, name: str) -> None:
     """The GPU path (model code and Decoder) on tiny model ``name`` with float32 weights vs
-    transformers' logits committed in tests/fixtures/tiny (made by make_fixtures.py), within 1e-4.
+    transformers' logits committed in tests/fixtures/tiny (made by make_fixtures.py), within
+    REFERENCE_ULPS float32 ulps at the logits' scale (tests/tolerance.py).
     Runs on the real GPU (tests/test_gpu.py) or on this emulation (tests/test_gpu_emulated.py)."""
     from llama_np.backend import to_numpy
     from tests.fixtures.tiny import make_fixtures
+    from tests.tolerance import REFERENCE_ULPS, assert_close
     from tests.fixtures.tiny.configs import config, make_weights
     fx = np.load(make_fixtures.HERE / f"{name}.npz")
     cfg, ids = config(name), fx["ids"]
     dev = gpu.upload(make_weights(name), cfg, "float32")
-    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids), fx["logits"], atol=1e-4, rtol=0)
+    assert_close(gpu.forward_gpu(dev, cfg, ids), fx["logits"], REFERENCE_ULPS)
     n0 = len(ids) // 3
     dec = gpu.Decoder(dev, cfg, max_len=len(ids))
     host = lambda a: np.array(to_numpy(a))      # a copy: the Decoder reuses its logits buffer  # noqa: E731
     rows = [host(dec.prefill(ids[:n0]))] + [host(dec.step(int(t))) for t in ids[n0:]]
-    np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)
+    assert_close(np.stack(rows), fx["logits"][n0 - 1:], REFERENCE_ULPS)

@@ -24,6 +24,7 @@ from llama_np.weights import detect_format, load_model  # noqa: E402
 from llama_np.weights.gguf import load, meta_name  # noqa: E402
 from tests.fixtures.tiny.configs import config, make_weights  # noqa: E402
 from tests.fixtures.tiny.make_fixtures import HERE as TINY  # noqa: E402
+from tests.tolerance import REFERENCE_ULPS, assert_close  # noqa: E402
 
 GGUF_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
               "attention_norm": "attn_norm", "ffn_norm": "ffn_norm", "wq": "attn_q", "wk": "attn_k",
@@ -96,7 +97,7 @@ def test_tiny_gguf_matches_transformers(tmp_path, name):
     fx = np.load(TINY / f"{name}.npz")
     logits = forward(nest(params, cfg2), cfg2, fx["ids"])
     # float32 weights stored exactly; same tolerance and reason as tests/test_model_reference.py.
-    np.testing.assert_allclose(logits, fx["logits"], atol=1e-4, rtol=0)
+    assert_close(logits, fx["logits"], REFERENCE_ULPS)
 
 
 def _bound(qtype, x: np.ndarray) -> np.ndarray:
