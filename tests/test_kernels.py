@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,6 @@ from llama_np import kernels
 from tests import gpu_emulator
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_DIR = REPO / "llama_np" / "kernels"
 
 
 def defined_kernels(src: str) -> set[str]:
@@ -35,8 +35,8 @@ def test_every_file_is_in_the_joined_module_in_order():
     for name in kernels.FILES:
         body = kernels.source(name).replace(f'#include "{kernels.HEADER}"\n', "")
         pos = src.index(body, pos) + len(body)   # each file whole, after the one before it
-    on_disk = {p.name for p in KERNEL_DIR.iterdir() if p.suffix in (".cu", ".cuh")}
-    assert on_disk == {kernels.HEADER, *kernels.FILES}, "a .cu file that module_source leaves out"
+    shipped = {p.name for p in resources.files(kernels).iterdir() if p.name.endswith((".cu", ".cuh"))}
+    assert shipped == {kernels.HEADER, *kernels.FILES}, "a .cu file that module_source leaves out"
 
 
 def test_each_file_includes_what_it_uses():
