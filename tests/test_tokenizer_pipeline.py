@@ -111,3 +111,14 @@ def test_bos_goes_first_whatever_the_tokenizer():
     no_bos = SentencePieceTokenizer(pieces, [0] * 5, [UNKNOWN, CONTROL, CONTROL, NORMAL, NORMAL],
                                     bos_id=-1)
     assert not no_bos.add_bos  # so `encode(text, bos=tok.add_bos)` never asks for a missing BOS
+
+
+def test_lone_surrogates_never_raise():
+    """Invalid UTF-8 in argv reaches Python as lone surrogates. Each format keeps its reference's
+    rule (tiktoken and byte-level BPE: U+FFFD; SentencePiece: "?"; minbpe: the surrogate's bytes),
+    and none raises UnicodeEncodeError."""
+    text = "a\udcffb"
+    fffd = list("\ufffd".encode("utf-8"))
+    assert make("tiktoken").encode(text) == make("bytelevel").encode(text) == [97, *fffd, 98]
+    for kind in ("sentencepiece", "trained"):
+        assert make(kind).encode(text)

@@ -142,6 +142,12 @@ class Tokenizer:
         return out
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """Lone surrogates ("\\ud800", what Python makes of invalid UTF-8 in argv) have no UTF-8 form:
+    each becomes U+FFFD, as tiktoken does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _check_text(text, where: str) -> None:
     if not isinstance(text, str):
         raise TokenizerError(f"{where}() takes a str, not {type(text).__name__}")

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import regex
 
-from .base import Tokenizer, TokenizerError
+from .base import Tokenizer, TokenizerError, replace_lone_surrogates
 
 # ---------------------------------------------------------------------------------------------
 # 1. bytes <-> printable characters
@@ -361,6 +361,12 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Text with no special tokens in it -> ids: pre-tokenize, then BPE each piece (cached)."""
+        try:
+            return self._encode_pieces(text)
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken (HF refuses the text)
+            return self._encode_pieces(replace_lone_surrogates(text))
+
+    def _encode_pieces(self, text: str) -> list[int]:
         if self.add_prefix_space and text and not text.startswith(" "):
             text = " " + text  # GPT-2's own tokenizer.json does this (ByteLevel add_prefix_space)
         ids, cache = [], self._cache

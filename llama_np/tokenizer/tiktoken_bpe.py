@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex  # not `re`: the pattern needs \p{L} / \p{N} Unicode classes
 
-from .base import Tokenizer, TokenizerError
+from .base import Tokenizer, TokenizerError, replace_lone_surrogates
 
 # Meta's pre-tokenizer pattern (llama3 tokenizer.py; the same as OpenAI's cl100k_base).
 # In words: English contractions (any case), an optional non-letter then letters, 1-3 digits,
@@ -210,10 +210,8 @@ class TiktokenTokenizer(Tokenizer):
         """Text with no special tokens in it -> ids."""
         try:
             return self._encode_pieces(text)
-        except UnicodeEncodeError:
-            # Lone surrogates ("\ud800") have no UTF-8 form; tiktoken replaces them with U+FFFD.
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return self._encode_pieces(text)
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken
+            return self._encode_pieces(replace_lone_surrogates(text))
 
     def _encode_pieces(self, text: str) -> list[int]:
         ids: list[int] = []
