@@ -145,10 +145,8 @@ def time_model_code_decode(params, cfg, prompt, n_new: int) -> float:
     """Decode tokens/s through ``model.forward`` itself on the GPU: the same gemv kernels for the
     weights, but every norm, RoPE, softmax and add a separate CuPy call (~30 launches a layer).
     Beside the Decoder's figures this shows what the fused kernels and the graph save."""
-    from llama_np.gpu import KVCache
     cp = use("gpu")
-    shape = (cfg.n_layers, cfg.n_kv_heads, len(prompt) + n_new + 2, cfg.head_dim)
-    cache = KVCache(cp.zeros(shape, dtype=cp.float32), cp.zeros(shape, dtype=cp.float32))
+    cache = new_cache(cfg, len(prompt) + n_new + 2, cp)
     logits = forward(params, cfg, prompt, 0, cache, last_only=True)
     pos, steps = len(prompt), []
     for i in range(n_new + 2):

@@ -11,7 +11,7 @@ Two regimes, two tools:
   1. weights kept 16-bit on the GPU (bf16 as raw 16-bit words: CuPy has no bfloat16 dtype;
      bf16 -> float32 is ``bits << 16``, done inside the kernels);
   2. matrix-vector kernels that read the weights with wide (16-byte) loads, one warp per row
-     (``gemv_*`` below), instead of a generic GEMM tuned for big matrices;
+     (``gemv_*`` in llama_np/kernels/gemv.cu), instead of a generic GEMM tuned for big matrices;
   3. few launches: a decode step of Llama 3 8B is 258 kernels (8 a layer, RMSNorm fused into
      the products after it); at ~5-10 us of CPU time per CuPy launch that alone would cap decode
      near 400 tok/s and, worse, leave the GPU idle between kernels. ``Decoder`` records the whole
@@ -32,8 +32,9 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import _cupy, to_numpy
-from .kv_cache import KVCache
+from .kv_cache import new_cache
 from .model import FUSED, flatten, forward, nest
 from .rope import rope_angles, rope_frequencies
 
@@ -53,341 +54,21 @@ def decode_limit(weight_bytes_per_token: float, bandwidth_bytes_per_s: float) ->
 
 
 # ------------------------------------------------------------------------------- kernels
-# One CUDA source, compiled once per process (cupy.RawModule caches the binary on disk too).
+# The CUDA source lives in llama_np/kernels/*.cu (one file per kernel family), compiled as one
+# module once per process (cupy.RawModule caches the binary on disk too).
 # Scalars are passed as NumPy int32/float32: CuPy passes Python ints as 64-bit.
-KERNELS = r"""
-__device__ __forceinline__ float bf16_to_f32(unsigned int h) { return __uint_as_float(h << 16); }
-__device__ __forceinline__ float f16_to_f32(unsigned int h) {
-    float f; unsigned short s = (unsigned short)h;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(s));
-    return f;
-}
-
-// y[r] (+)= sum_j W[r, j] x[j].  W: (rows, n) 16-bit, row-major, n % 8 == 0.
-// One warp per row; each lane reads 16 bytes (8 weights) at a time, so a warp reads 512
-// contiguous bytes per step: full-width, coalesced loads are what reach the HBM bandwidth.
-// NORM: x is first RMS-normalised with gain g, y = W (x * g) / rms(x): every warp reads all of
-// x anyway, so it sums x^2 on the way for free. This saves a separate one-block RMSNorm launch
-// before each of the three normed products of a decode step (~7 us each on an H100, 65 a token
-// of Llama 3 8B: 0.43 ms of a 7 ms step, measured).
-template <int KIND, bool NORM>   // KIND 0: bf16, 1: fp16
-__device__ __forceinline__ void gemv16(const unsigned short* __restrict__ W, const float* __restrict__ x,
-                                       const float* __restrict__ g, float* __restrict__ y,
-                                       int rows, int n, int accumulate, float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const uint4* w4 = reinterpret_cast<const uint4*>(W + (size_t)row * n);
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    const float4* g4 = reinterpret_cast<const float4*>(g);
-    float acc = 0.f, ss = 0.f;
-    #pragma unroll 4
-    for (int i = lane; i < n / 8; i += 32) {
-        uint4 p = __ldg(w4 + i);
-        float4 a = x4[2 * i], b = x4[2 * i + 1];
-        if (NORM) {
-            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
-            float4 ga = g4[2 * i], gb = g4[2 * i + 1];
-            a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w; b.x *= gb.x; b.y *= gb.y; b.z *= gb.z; b.w *= gb.w;
-        }
-        if (KIND == 0) {
-            acc += bf16_to_f32(p.x & 0xffffu) * a.x + bf16_to_f32(p.x >> 16) * a.y
-                 + bf16_to_f32(p.y & 0xffffu) * a.z + bf16_to_f32(p.y >> 16) * a.w
-                 + bf16_to_f32(p.z & 0xffffu) * b.x + bf16_to_f32(p.z >> 16) * b.y
-                 + bf16_to_f32(p.w & 0xffffu) * b.z + bf16_to_f32(p.w >> 16) * b.w;
-        } else {
-            acc += f16_to_f32(p.x & 0xffffu) * a.x + f16_to_f32(p.x >> 16) * a.y
-                 + f16_to_f32(p.y & 0xffffu) * a.z + f16_to_f32(p.y >> 16) * a.w
-                 + f16_to_f32(p.z & 0xffffu) * b.x + f16_to_f32(p.z >> 16) * b.y
-                 + f16_to_f32(p.w & 0xffffu) * b.z + f16_to_f32(p.w >> 16) * b.w;
-        }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        acc += __shfl_down_sync(0xffffffffu, acc, o);
-        if (NORM) ss += __shfl_down_sync(0xffffffffu, ss, o);
-    }
-    if (NORM) acc *= 1.0f / sqrtf(ss / n + eps);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
-
-// float32 weights (n % 4 == 0): the same warp-per-row scheme, 4 weights per 16-byte load.
-template <bool NORM>
-__device__ __forceinline__ void gemv32(const float* __restrict__ W, const float* __restrict__ x,
-                                       const float* __restrict__ g, float* __restrict__ y,
-                                       int rows, int n, int accumulate, float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const float4* w4 = reinterpret_cast<const float4*>(W + (size_t)row * n);
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    const float4* g4 = reinterpret_cast<const float4*>(g);
-    float acc = 0.f, ss = 0.f;
-    #pragma unroll 4
-    for (int i = lane; i < n / 4; i += 32) {
-        float4 w = __ldg(w4 + i), a = x4[i];
-        if (NORM) {
-            ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-            float4 ga = g4[i];
-            a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
-        }
-        acc += w.x * a.x + w.y * a.y + w.z * a.z + w.w * a.w;
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        acc += __shfl_down_sync(0xffffffffu, acc, o);
-        if (NORM) ss += __shfl_down_sync(0xffffffffu, ss, o);
-    }
-    if (NORM) acc *= 1.0f / sqrtf(ss / n + eps);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
-
-extern "C" __global__ void gemv_bf16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv16<0, false>(W, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_f16(const unsigned short* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv16<1, false>(W, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_f32(const float* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv32<false>(W, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_norm_bf16(const unsigned short* W, const float* x, const float* g, float* y,
-                                          int rows, int n, float eps) {
-    gemv16<0, true>(W, x, g, y, rows, n, 0, eps);
-}
-extern "C" __global__ void gemv_norm_f16(const unsigned short* W, const float* x, const float* g, float* y,
-                                         int rows, int n, float eps) {
-    gemv16<1, true>(W, x, g, y, rows, n, 0, eps);
-}
-extern "C" __global__ void gemv_norm_f32(const float* W, const float* x, const float* g, float* y,
-                                         int rows, int n, float eps) {
-    gemv32<true>(W, x, g, y, rows, n, 0, eps);
-}
-
-// Widen a whole 16-bit matrix to float32 (for cuBLAS in the prefill).
-extern "C" __global__ void widen_bf16(const unsigned short* src, float* dst, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dst[i] = bf16_to_f32(src[i]);
-}
-extern "C" __global__ void widen_f16(const unsigned short* src, float* dst, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dst[i] = f16_to_f32(src[i]);
-}
-
-// RMSNorm, one block of 256 threads per row: y = x / sqrt(mean(x^2) + eps) * w.
-extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int dim, float eps) {
-    __shared__ float red[256];
-    const float* xr = x + (size_t)blockIdx.x * dim;
-    float* yr = y + (size_t)blockIdx.x * dim;
-    float s = 0.f;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) { float v = xr[i]; s += v * v; }
-    red[threadIdx.x] = s;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (threadIdx.x < k) red[threadIdx.x] += red[threadIdx.x + k];
-        __syncthreads();
-    }
-    float r = 1.0f / sqrtf(red[0] / dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * r * w[i];
-}
-
-// The token's embedding row, widened. state[0] = token id.
-#define EMBED(NAME, T, CONV) \
-extern "C" __global__ void NAME(const T* E, const int* state, float* x, int dim) { \
-    int j = blockIdx.x * blockDim.x + threadIdx.x; \
-    if (j < dim) x[j] = CONV(E[(size_t)state[0] * dim + j]); \
-}
-__device__ __forceinline__ float f32_id(float v) { return v; }
-EMBED(embed_bf16, unsigned short, bf16_to_f32)
-EMBED(embed_f16, unsigned short, f16_to_f32)
-EMBED(embed_f32, float, f32_id)
-
-// RoPE on the new token's q and k (Meta's neighbouring pairs), then k and v into the cache.
-// One launch, 1.5 us on an H100, where model.forward's RoPE and cache writes are ~10 CuPy ops.
-// qkv: [q (H*hd) | k (KV*hd) | v (KV*hd)]; cos/sin: (max_len, hd/2); state[1] = position.
-// Cache: (n_layers, KV, max_len, hd) float32, the layout of llama_np.kv_cache.KVCache.
-extern "C" __global__ void rope_store(float* qkv, const float* cos_t, const float* sin_t, const int* state,
-                                      float* k_cache, float* v_cache, int H, int KV, int hd,
-                                      int max_len, int layer) {
-    int pos = state[1], half = hd / 2;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    int n_rot = (H + KV) * half;
-    if (i < n_rot) {
-        int head = i / half, p = i % half;
-        float c = cos_t[(size_t)pos * half + p], s = sin_t[(size_t)pos * half + p];
-        float* v = qkv + (size_t)head * hd + 2 * p;
-        float a = v[0], b = v[1];
-        float ra = a * c - b * s, rb = a * s + b * c;      // (a + ib)(c + is)
-        if (head < H) { v[0] = ra; v[1] = rb; }
-        else {
-            float* dst = k_cache + (((size_t)layer * KV + (head - H)) * max_len + pos) * hd + 2 * p;
-            dst[0] = ra; dst[1] = rb;
-        }
-    } else if (i < n_rot + KV * hd) {
-        int j = i - n_rot, kv = j / hd, d = j % hd;
-        v_cache[(((size_t)layer * KV + kv) * max_len + pos) * hd + d] = qkv[(size_t)(H + KV) * hd + j];
-    }
-}
-
-// Attention of one new query per head over positions 0..pos (state[1]), split over the keys
-// ("flash-decoding"): block (h, part) takes keys part*chunk .. part*chunk+chunk-1 of head h and
-// writes its own max m, sum l = sum exp(score - m) and acc = sum exp(score - m) v; attn_combine
-// then merges the parts. One block per head would leave most of the GPU idle (32 blocks for
-// Llama 3 8B) while each block reads its whole K and V alone. H100, ~600 positions: 10.5 us
-// here + 3.5 us in attn_combine a layer, 0.45 ms of a 6.2 ms Llama 3 8B step.
-// Threads work in groups of G = hd/4 (<= 32, so a group sits inside one warp), each thread one
-// float4 of a key or value row: every load is 16 bytes and a group reads a row in one go.
-// Shared memory: chunk scores (padded to 4), then 4 * blockDim floats for the reductions.
-extern "C" __global__ void attn_partial(const float* q, const float* k_cache, const float* v_cache,
-                                        float* pm, float* pl, float* pacc, const int* state,
-                                        int H, int KV, int hd, int max_len, int layer, float scale,
-                                        int chunk) {
-    extern __shared__ float sh[];
-    float* scores = sh;
-    float* red = sh + ((chunk + 3) & ~3);
-    int h = blockIdx.x, part = blockIdx.y, n_parts = gridDim.y;
-    int kv = h / (H / KV), S = state[1] + 1;
-    int s0 = part * chunk, n = min(s0 + chunk, S) - s0;          // keys of this part (may be <= 0)
-    size_t o = (size_t)h * n_parts + part;
-    int tid = threadIdx.x, G = hd / 4, g = tid / G, c = tid % G, n_groups = blockDim.x / G;
-    if (n <= 0) {                                         // past the last position: an empty part
-        if (tid == 0) { pm[o] = __int_as_float(0xff800000); pl[o] = 0.f; }
-        if (tid < G) reinterpret_cast<float4*>(pacc + o * hd)[tid] = make_float4(0.f, 0.f, 0.f, 0.f);
-        return;                                           // the whole block leaves together
-    }
-    size_t head = (((size_t)layer * KV + kv) * max_len + s0) * G;   // in float4s
-    const float4* K4 = reinterpret_cast<const float4*>(k_cache) + head;
-    const float4* V4 = reinterpret_cast<const float4*>(v_cache) + head;
-    float4 qc = reinterpret_cast<const float4*>(q + (size_t)h * hd)[c];
-    // 1. scores: group g takes keys g, g + n_groups, ...; every lane of a warp runs the same
-    //    number of rounds, so the shuffles below always have all 32 lanes.
-    for (int base = 0; base < n; base += n_groups) {
-        int j = base + g;
-        float v = 0.f;
-        if (j < n) { float4 k = K4[(size_t)j * G + c]; v = qc.x * k.x + qc.y * k.y + qc.z * k.z + qc.w * k.w; }
-        for (int off = G / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (c == 0 && j < n) scores[j] = v * scale;
-    }
-    __syncthreads();
-    // 2. this part's max and sum of exp
-    float m = __int_as_float(0xff800000);                 // -inf
-    for (int j = tid; j < n; j += blockDim.x) m = fmaxf(m, scores[j]);
-    red[tid] = m;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] = fmaxf(red[tid], red[tid + k]);
-        __syncthreads();
-    }
-    m = red[0];
-    __syncthreads();
-    float sum = 0.f;
-    for (int j = tid; j < n; j += blockDim.x) { float e = expf(scores[j] - m); scores[j] = e; sum += e; }
-    red[tid] = sum;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (tid < k) red[tid] += red[tid + k];
-        __syncthreads();
-    }
-    if (tid == 0) { pm[o] = m; pl[o] = red[0]; }
-    // 3. acc = sum_j exp(score_j - m) v_j: group g sums keys g, g + n_groups, ... for its float4
-    //    column c, then the groups' partial sums of each column meet in shared memory.
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int j = g; j < n; j += n_groups) {
-        float p = scores[j];
-        float4 v = V4[(size_t)j * G + c];
-        acc.x += p * v.x; acc.y += p * v.y; acc.z += p * v.z; acc.w += p * v.w;
-    }
-    __syncthreads();                                      // red[0] has been read
-    float4* part4 = reinterpret_cast<float4*>(red);
-    part4[tid] = acc;                                     // tid == g * G + c
-    __syncthreads();
-    if (tid < G) {
-        float4 t = part4[tid];
-        for (int k = 1; k < n_groups; ++k) {
-            float4 u = part4[k * G + tid];
-            t.x += u.x; t.y += u.y; t.z += u.z; t.w += u.w;
-        }
-        reinterpret_cast<float4*>(pacc + o * hd)[tid] = t;
-    }
-}
-
-// Merge the parts of each head: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p, M = max m_p.
-// (An empty part has m = -inf, so its weight exp(-inf) is 0.)  One block per head.
-extern "C" __global__ void attn_combine(const float* pm, const float* pl, const float* pacc, float* out,
-                                        int hd, int n_parts) {
-    int h = blockIdx.x;
-    const float* m = pm + (size_t)h * n_parts;
-    const float* l = pl + (size_t)h * n_parts;
-    float M = m[0];                                       // part 0 always holds position 0
-    for (int p = 1; p < n_parts; ++p) M = fmaxf(M, m[p]);
-    float L = 0.f;
-    for (int p = 0; p < n_parts; ++p) L += l[p] * expf(m[p] - M);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float a = 0.f;
-        for (int p = 0; p < n_parts; ++p) a += pacc[((size_t)h * n_parts + p) * hd + d] * expf(m[p] - M);
-        out[(size_t)h * hd + d] = a / L;
-    }
-}
-
-// SwiGLU's middle: a = silu(gate) * up, from h13 = [gate (F) | up (F)]. 1.5 us (H100), one
-// launch for what is four array operations (exp, add, divide, multiply) in NumPy.
-extern "C" __global__ void swiglu(const float* h13, float* a, int F) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < F) { float g = h13[i]; a[i] = g / (1.0f + expf(-g)) * h13[F + i]; }
-}
-
-// Greedy decoding on the device: the next token = argmax(logits) (the first of equal maxima, as
-// NumPy's), written as state = (token, position + 1) for the next step and logged in
-// tokens[position + 1] for the host to read while the GPU already runs the next step.
-// One block of 1024 threads (a 128K vocabulary is 512 KB, just written, in L2).
-extern "C" __global__ void argmax_next(const float* logits, int n, int* state, int* tokens) {
-    __shared__ float bv[32];
-    __shared__ int bi[32];
-    float v = __int_as_float(0xff800000);
-    int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float u = logits[i];
-        if (u > v) { v = u; idx = i; }            // strided: a thread's first max has its smallest index
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_down_sync(0xffffffffu, v, o);
-        int j = __shfl_down_sync(0xffffffffu, idx, o);
-        if (u > v || (u == v && j < idx)) { v = u; idx = j; }
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { bv[warp] = v; bi[warp] = idx; }
-    __syncthreads();
-    if (warp == 0) {
-        int n_warps = blockDim.x >> 5;
-        v = lane < n_warps ? bv[lane] : __int_as_float(0xff800000);
-        idx = lane < n_warps ? bi[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            float u = __shfl_down_sync(0xffffffffu, v, o);
-            int j = __shfl_down_sync(0xffffffffu, idx, o);
-            if (u > v || (u == v && j < idx)) { v = u; idx = j; }
-        }
-        if (lane == 0) {
-            if (idx == 0x7fffffff) idx = 0;           // all NaN: a valid id rather than garbage
-            int pos = state[1] + 1;
-            state[0] = idx; state[1] = pos; tokens[pos] = idx;
-        }
-    }
-}
-"""
-
-# The RMSNorm kernel on its own: lesson 11's exercise rewrites this one.
-RMS_NORM_SOURCE = KERNELS[KERNELS.index("// RMSNorm"):KERNELS.index("// The token's embedding")]
-
 _module = None
 _functions = {}
 
 
 def kernel(name: str):
-    """A compiled kernel from KERNELS by name (compiled on first use, then looked up in a dict:
-    asking CuPy's module for the function on every launch costs more than the launch)."""
+    """A compiled kernel from llama_np/kernels by name (compiled on first use, then looked up in a
+    dict: asking CuPy's module for the function on every launch costs more than the launch)."""
     global _module
     f = _functions.get(name)
     if f is None:
         if _module is None:
-            _module = _cp().RawModule(code=KERNELS, options=("-std=c++14",))
+            _module = _cp().RawModule(code=kernels.module_source(), options=("-std=c++14",))
         f = _functions[name] = _module.get_function(name)
     return f
 
@@ -577,9 +258,8 @@ class Decoder:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.copy_stream = cp.cuda.Stream(non_blocking=True)   # greedy(): reads tokens meanwhile
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
-        shape = (cfg.n_layers, KV, max_len, hd)
         with self.stream:
-            self.cache = KVCache(cp.zeros(shape, dtype=cp.float32), cp.zeros(shape, dtype=cp.float32))
+            self.cache = new_cache(cfg, max_len, cp)       # rope_store writes it, attn_partial reads it
             cos, sin = rope_angles(rope_frequencies(hd, cfg.rope_theta, cfg.rope_scaling), np.arange(max_len), cp)
             self.cos, self.sin = cp.ascontiguousarray(cos), cp.ascontiguousarray(sin)
             self.state = cp.zeros(2, dtype=cp.int32)                # [token, its position]
@@ -750,5 +430,5 @@ def forward_gpu(params, cfg, tokens, start_pos: int = 0, cache=None, last_only: 
     return to_numpy(forward(params, cfg, tokens, start_pos, cache, last_only))
 
 
-__all__ = ["Decoder", "DeviceWeight", "KERNELS", "RMS_NORM_SOURCE", "assemble", "decode_limit",
+__all__ = ["Decoder", "DeviceWeight", "assemble", "decode_limit",
            "device_bandwidth", "forward_gpu", "kernel", "rms_norm", "upload"]

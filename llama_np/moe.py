@@ -38,7 +38,7 @@ import contextlib
 import numpy as np
 
 from .attention import softmax
-from .backend import array_module
+from .backend import array_module, to_numpy
 from .ffn import swiglu
 from .linear import linear
 
@@ -130,12 +130,8 @@ def group_by_expert(experts, n_experts: int):
     flat = experts.reshape(-1)
     order = xp.argsort(flat, kind="stable")           # stable: tokens stay in order within an expert
     counts = xp.bincount(flat, minlength=n_experts)
-    bounds = np.concatenate([[0], np.cumsum(_to_host(counts))])
+    bounds = np.concatenate([[0], np.cumsum(to_numpy(counts))])
     return order, bounds
-
-
-def _to_host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -210,7 +206,7 @@ def moe_forward_dense(x, layer: dict, cfg):
 # ----------------------------------------------------------------------------- load balance
 def tokens_per_expert(experts, n_experts: int) -> np.ndarray:
     """How many (token, slot) assignments each expert got: (E,) int64, summing to T*k."""
-    return np.bincount(_to_host(experts).reshape(-1), minlength=n_experts)
+    return np.bincount(to_numpy(experts).reshape(-1), minlength=n_experts)
 
 
 def aux_loss(router_logits, n_experts: int, k: int) -> float:
@@ -227,7 +223,7 @@ def aux_loss(router_logits, n_experts: int, k: int) -> float:
     """
     if not isinstance(router_logits, (list, tuple)):
         router_logits = [router_logits]
-    logits = np.concatenate([np.asarray(_to_host(l), dtype=np.float32) for l in router_logits])
+    logits = np.concatenate([np.asarray(to_numpy(l), dtype=np.float32) for l in router_logits])
     probs = softmax(logits, axis=-1)                                    # (N, E)
     f = tokens_per_expert(top_k(probs, k), n_experts) / logits.shape[0]
     P = probs.mean(axis=0)
@@ -237,7 +233,7 @@ def aux_loss(router_logits, n_experts: int, k: int) -> float:
 def router_entropy(router_logits) -> float:
     """Mean entropy (nats) of each token's softmax over experts: log E when the router cannot
     decide, 0 when it is certain. (T, E) -> float."""
-    logits = np.asarray(_to_host(router_logits), dtype=np.float64)
+    logits = np.asarray(to_numpy(router_logits), dtype=np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     return float(-(np.exp(logp) * logp).sum(-1).mean())
@@ -263,7 +259,7 @@ def capacity_dispatch(experts, n_experts: int, capacity: int):
     assignments per batch, in token order; the rest are dropped (those tokens skip the expert and
     ride the residual connection). Inference in Mixtral/Llama 4 uses no capacity limit.
     Returns kept: (T, k) bool."""
-    experts = _to_host(experts)
+    experts = to_numpy(experts)
     order, bounds = group_by_expert(experts, n_experts)
     # Place of each assignment in its expert's queue: its index in the sorted list minus where
     # that expert's run starts.

@@ -1,7 +1,7 @@
 """A NumPy stand-in for CuPy and for llama_np.gpu's CUDA kernels, so the GPU path's orchestration
 (upload, buffer layouts, kernel arguments, CUDA-graph replay) is tested on machines without a GPU.
 
-Each emulated kernel takes exactly the arguments its CUDA twin in ``llama_np.gpu.KERNELS`` takes,
+Each emulated kernel takes exactly the arguments its CUDA twin in ``llama_np/kernels/*.cu`` takes,
 in the same order, and computes the same thing with NumPy: so a wrong offset, a swapped argument
 or a value baked into the graph at capture time fails here too. What this cannot catch is a bug
 *inside* a kernel's CUDA code; tests/test_gpu.py checks those on a real GPU.
@@ -166,6 +166,14 @@ class DeviceArray(np.ndarray):
         self[...] = arr
 
 
+def _empty(shape, dtype=np.float32):
+    """Uninitialised device memory: NaN here, so a kernel that reads what nothing wrote fails."""
+    a = np.empty(shape, dtype=dtype)
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    return a.view(DeviceArray)
+
+
 def fake_cupy(rec: Recorder):
     """numpy, plus the bits of cupy.cuda that llama_np.gpu touches."""
 
@@ -222,6 +230,7 @@ def fake_cupy(rec: Recorder):
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
     cp.zeros = lambda *a, **k: np.zeros(*a, **k).view(DeviceArray)
+    cp.empty = _empty
     cp.asnumpy = lambda a: np.array(a, copy=True)   # a copy, as from the device
     cp.random = types.SimpleNamespace(RandomState=RandomState)
     cp.get_default_memory_pool = lambda: pool
@@ -235,17 +244,19 @@ def fake_cupy(rec: Recorder):
 # ------------------------------------------------------------------ shared by both GPU test files
 def check_against_transformers(gpu, name: str) -> None:
     """The GPU path (model code and Decoder) on tiny model ``name`` with float32 weights vs
-    transformers' logits committed in course/fixtures/tiny (made by make_fixtures.py), within 1e-4.
+    transformers' logits committed in course/fixtures/tiny (made by make_fixtures.py), within
+    REFERENCE_ULPS float32 ulps at the logits' scale (tests/tolerance.py).
     Runs on the real GPU (tests/test_gpu.py) or on this emulation (tests/test_gpu_emulated.py)."""
     from llama_np.backend import to_numpy
     from course.fixtures.tiny import make_fixtures
+    from tests.tolerance import REFERENCE_ULPS, assert_close
     from course.fixtures.tiny.configs import config, make_weights
     fx = np.load(make_fixtures.HERE / f"{name}.npz")
     cfg, ids = config(name), fx["ids"]
     dev = gpu.upload(make_weights(name), cfg, "float32")
-    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids), fx["logits"], atol=1e-4, rtol=0)
+    assert_close(gpu.forward_gpu(dev, cfg, ids), fx["logits"], REFERENCE_ULPS)
     n0 = len(ids) // 3
     dec = gpu.Decoder(dev, cfg, max_len=len(ids))
     host = lambda a: np.array(to_numpy(a))      # a copy: the Decoder reuses its logits buffer  # noqa: E731
     rows = [host(dec.prefill(ids[:n0]))] + [host(dec.step(int(t))) for t in ids[n0:]]
-    np.testing.assert_allclose(np.stack(rows), fx["logits"][n0 - 1:], atol=1e-4, rtol=0)
+    assert_close(np.stack(rows), fx["logits"][n0 - 1:], REFERENCE_ULPS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llama_np import gpu
+from llama_np import gpu, kernels
 from llama_np.kv_cache import new_cache
 from llama_np.model import forward, fuse, nest
 from llama_np.weights.packed import BF16Weight, f32_to_bf16
@@ -171,7 +171,7 @@ def test_decoder_refuses_what_it_cannot_run(rec):
 def test_limits_and_sources_without_a_gpu():
     assert gpu.decode_limit(15.0e9, 3.35e12) == pytest.approx(223.3, abs=0.1)
     assert 'extern "C" __global__ void rms_norm(const float* x, const float* w, float* y, int dim, float eps)' \
-        in gpu.RMS_NORM_SOURCE
+        in kernels.source("rmsnorm.cu")
     import subprocess
     import sys
     code = "import sys, llama_np.gpu, llama_np.cli; assert 'cupy' not in sys.modules"

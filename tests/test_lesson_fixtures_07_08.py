@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tolerance import REMAKE_ULPS, assert_close
+
 FIXTURES = Path(__file__).resolve().parents[1] / "course" / "fixtures"
 
 
@@ -43,8 +45,8 @@ def test_07_fixture_shapes_match_the_tiny_configs():
     # the SmolLM2 fixture of the test suite covers the same prompt: its top logits agree with ours
     sm = _load(FIXTURES / "smollm2" / "reference.npz")
     assert sm["p0_ids"].tolist() == fx["smollm2_ids"].tolist()
-    np.testing.assert_allclose(fx["smollm2_last_logits"][sm["p0_top_ids"][T - 1]], sm["p0_top_logits"][T - 1],
-                               atol=1e-4, rtol=0)   # two runs of the same transformers model
+    assert_close(fx["smollm2_last_logits"][sm["p0_top_ids"][T - 1]], sm["p0_top_logits"][T - 1],
+                 REMAKE_ULPS)   # two runs of the same transformers model
     json.loads(str(fx["made_with"]))
 
 
@@ -67,12 +69,13 @@ def test_08_fixture_is_consistent():
 
 
 # ------------------------------------------------------------------------------ with torch
-def _compare(fresh: dict, old: dict, keys, atol: float):
+def _compare(fresh: dict, old: dict, keys, ulps: float = REMAKE_ULPS, precision=np.float32):
+    """Integers exactly; floats within ``ulps`` ulps at each array's scale (tests/tolerance.py)."""
     for k in keys:
         if fresh[k].dtype.kind in "iuU":
             assert fresh[k].tolist() == old[k].tolist(), k
         else:
-            np.testing.assert_allclose(fresh[k], old[k], atol=atol, rtol=0, err_msg=k)
+            assert_close(fresh[k], old[k], ulps, k, precision=precision)
 
 
 def test_07_remake_tiny():
@@ -81,7 +84,7 @@ def test_07_remake_tiny():
     mk = _script("make_07_transformer")
     fresh, old = mk.make(smollm2=False), _load(mk.FIXTURE)
     # same seed, same float32 model: only thread scheduling in torch's matmuls can differ
-    _compare(fresh, old, [f"{n}_resid" for n in mk.TINY], atol=1e-5)
+    _compare(fresh, old, [f"{n}_resid" for n in mk.TINY])
 
 
 @pytest.mark.slow
@@ -95,9 +98,9 @@ def test_07_remake_smollm2():
     except AssetError as e:
         pytest.skip(f"SmolLM2 not available: {e}")
     old = _load(mk.FIXTURE)
-    _compare(fresh, old, ["smollm2_ids"], atol=0)
+    _compare(fresh, old, ["smollm2_ids"])
     np.testing.assert_allclose(fresh["smollm2_resid_norm"], old["smollm2_resid_norm"], rtol=1e-5)
-    np.testing.assert_allclose(fresh["smollm2_last_logits"], old["smollm2_last_logits"], atol=1e-4, rtol=0)
+    assert_close(fresh["smollm2_last_logits"], old["smollm2_last_logits"], REMAKE_ULPS)
 
 
 def test_08_remake():
@@ -107,4 +110,4 @@ def test_08_remake():
     fresh, old = mk.make(), _load(mk.FIXTURE)
     assert set(fresh) == set(old)
     # float64 softmax and sorting of the same numbers: identical up to the last bit or two
-    _compare(fresh, old, [k for k in old if k != "made_with"], atol=1e-14)
+    _compare(fresh, old, [k for k in old if k != "made_with"], ulps=16, precision=np.float64)

@@ -13,6 +13,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.tolerance import REFERENCE_ULPS, assert_close
+
 from course.fixtures import make_09_real_weights as m09
 from course.fixtures import make_12_capstone as m12
 from llama_np import forward, nest
@@ -90,7 +92,7 @@ def test_09_tiny_checkpoints_give_transformers_logits(fx09, tmp_path):
     for cfg, flat in ((hcfg, hflat), (mcfg, mflat)):
         logits = forward(nest(flat, cfg), cfg, fx09["tiny_ids"])
         # identical weights, float32 on both sides, 2 layers: measured ~4e-6 on logits up to ~7
-        np.testing.assert_allclose(logits, fx09["tiny_logits"], atol=1e-4, rtol=0)
+        assert_close(logits, fx09["tiny_logits"], REFERENCE_ULPS)
 
 
 def test_09_meta_pth_holds_metas_layout(fx09, tmp_path):

@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("transformers")
 from tests import checkpoint_writers as W  # noqa: E402
+from tests.tolerance import REFERENCE_ULPS, assert_close  # noqa: E402
 
 os.environ.setdefault("LLAMA_NP_QUIET", "1")
 
@@ -95,7 +96,7 @@ def test_hf_matches_transformers_and_meta(tmp_path, kind, dtype):
         # float32: identical matrices, identical arithmetic. bf16: the q/k outputs are reordered
         # after the product instead of the rows before it, which BLAS may sum differently.
         np.testing.assert_allclose(logits, from_meta, atol=0 if mode == "float32" else 1e-5, rtol=0)
-        np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+        assert_close(logits, ref, REFERENCE_ULPS)
         assert (logits.argmax(-1) == ref.argmax(-1)).all()
 
 
@@ -113,7 +114,7 @@ def test_tied_embeddings_and_shards(tmp_path):
     assert c1.tie_embeddings and "output" not in p1 and nest(p1, c1)["output"] is p1["tok_embeddings"]
     l1, l3 = forward(p1, c1, IDS), forward(p3, c3, IDS)
     assert np.array_equal(l1, l3)
-    np.testing.assert_allclose(l1, ref, atol=1e-4, rtol=0)   # as above: float32 both sides
+    assert_close(l1, ref, REFERENCE_ULPS)   # as above: float32 both sides
 
 
 def test_missing_lm_head_means_tied(tmp_path):

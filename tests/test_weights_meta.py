@@ -21,6 +21,7 @@ from llama_np.weights.errors import CheckpointError
 
 torch = pytest.importorskip("torch")
 from tests import checkpoint_writers as W  # noqa: E402
+from tests.tolerance import REFERENCE_ULPS, assert_close  # noqa: E402
 
 os.environ.setdefault("LLAMA_NP_QUIET", "1")
 
@@ -103,7 +104,7 @@ def test_meta_checkpoint_matches_transformers(tmp_path, kind, dtype):
         assert c.rope_scaling == cfg.rope_scaling
         logits = forward(p, c, IDS)
         assert logits.dtype == np.float32
-        np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+        assert_close(logits, ref, REFERENCE_ULPS)
         assert (logits.argmax(-1) == ref.argmax(-1)).all()
 
 

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import regex
 
-from .base import Tokenizer, TokenizerError
+from .base import Tokenizer, TokenizerError, replace_lone_surrogates
 
 # ---------------------------------------------------------------------------------------------
 # 1. bytes <-> printable characters
@@ -269,7 +269,6 @@ class ByteLevelBPETokenizer(Tokenizer):
             self._id_bytes[i] = text.encode("utf-8")
         self._missing_bytes = set(CHAR_TO_BYTE) - set(self.token_to_id)
         self._cache: dict[str, list[int]] = {}
-        self._split_cache: dict = {}
 
     # -- constructors ------------------------------------------------------------------------
 
@@ -358,34 +357,16 @@ class ByteLevelBPETokenizer(Tokenizer):
                    add_prefix_space=add_prefix_space, chat_template=chat_template,
                    name="tokenizer.json")
 
-    # -- encoding ----------------------------------------------------------------------------
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False,
-               allowed_special="none") -> list[int]:
-        """Text -> ids. ``allowed_special``: "all", "none" (special-token text is encoded as plain
-        text), or a set of special-token strings to recognise. Added (non-special) tokens are
-        always recognised, as in Hugging Face tokenizers."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode() takes a str, not {type(text).__name__}")
-        ids = []
-        if bos:
-            ids.append(self._required_id(self.bos_id, "BOS"))
-        splitter = self._special_splitter(allowed_special)
-        if splitter is None:
-            ids.extend(self._encode_ordinary(text))
-        else:
-            # re.split with a capturing group alternates: text, special, text, special, ..., text
-            for k, part in enumerate(splitter.split(text)):
-                if k % 2:
-                    ids.append(self.special_tokens.get(part, self.added_tokens.get(part)))
-                elif part:
-                    ids.extend(self._encode_ordinary(part))
-        if eos:
-            ids.append(self._required_id(self.eos_id, "EOS"))
-        return ids
+    # -- encoding (special and added tokens, BOS/EOS and input checks: base.Tokenizer.encode) ---
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Text with no special tokens in it -> ids: pre-tokenize, then BPE each piece (cached)."""
+        try:
+            return self._encode_pieces(text)
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken (HF refuses the text)
+            return self._encode_pieces(replace_lone_surrogates(text))
+
+    def _encode_pieces(self, text: str) -> list[int]:
         if self.add_prefix_space and text and not text.startswith(" "):
             text = " " + text  # GPT-2's own tokenizer.json does this (ByteLevel add_prefix_space)
         ids, cache = [], self._cache
@@ -408,34 +389,6 @@ class ByteLevelBPETokenizer(Tokenizer):
             # tokenizers (with no unknown token) drops such a byte before merging; so do we.
             symbols = "".join(c for c in symbols if c not in self._missing_bytes)
         return [self.token_to_id[s] for s in bpe(list(symbols), self.merge_ranks)]
-
-    def _special_splitter(self, allowed_special):
-        """The regex that cuts recognised special/added tokens out of the text (None: nothing to cut)."""
-        if allowed_special == "all":
-            allowed = frozenset(self.special_tokens)
-        elif allowed_special == "none" or allowed_special is None:
-            allowed = frozenset()
-        elif isinstance(allowed_special, (set, frozenset, list, tuple)):
-            allowed = frozenset(allowed_special)
-            unknown = allowed - set(self.special_tokens)
-            if unknown:
-                raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)[:5]}")
-        else:
-            raise TokenizerError(f"allowed_special must be 'all', 'none' or a set of strings, "
-                                 f"not {allowed_special!r}")
-        words = allowed | set(self.added_tokens)
-        if not words:
-            return None
-        if words not in self._split_cache:
-            # longest first, so that at one position the longest token wins (HF matches so too)
-            alternatives = "|".join(regex.escape(w) for w in sorted(words, key=len, reverse=True))
-            self._split_cache[words] = regex.compile(f"({alternatives})")
-        return self._split_cache[words]
-
-    def _required_id(self, i, what):
-        if i is None:
-            raise TokenizerError(f"this tokenizer has no {what} token")
-        return i
 
     # -- decoding ----------------------------------------------------------------------------
 

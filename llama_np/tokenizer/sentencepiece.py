@@ -229,6 +229,7 @@ class SentencePieceTokenizer(Tokenizer):
         def special(i):  # an id counts only if it names a control piece (-1 means "none")
             return i if i is not None and 0 <= i < len(pieces) and self.types[i] == CONTROL else None
         self.bos_id, self.eos_id = special(bos_id), special(eos_id)
+        self.add_bos = self.bos_id is not None  # a model trained without BOS can't want one
         self.stop_ids = {self.eos_id} if self.eos_id is not None else set()
         # "<s>", "</s>", "<unk>" in the input become their ids only when encode() allows it
         self.special_tokens = {p: i for i, (p, t) in enumerate(zip(self.pieces, self.types))
@@ -247,7 +248,6 @@ class SentencePieceTokenizer(Tokenizer):
                                    key=len, reverse=True)
         self._user_defined_bytes = sorted((u.encode("utf-8") for u in self.user_defined),
                                           key=len, reverse=True)
-        self._special_re: dict = {}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class SentencePieceTokenizer(Tokenizer):
                   eos_id=md.get("tokenizer.ggml.eos_token_id", 2),
                   add_dummy_prefix=bool(md.get("tokenizer.ggml.add_space_prefix", True)),
                   remove_extra_whitespaces=bool(md.get("tokenizer.ggml.remove_extra_whitespaces", False)))
-        tok.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))
+        tok.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True)) and tok.bos_id is not None
         template = md.get("tokenizer.chat_template") or ""
         if "<|im_start|>" in template:
             tok.chat_format = "chatml"
@@ -302,28 +302,14 @@ class SentencePieceTokenizer(Tokenizer):
             tok.chat_format = "llama3"
         return tok
 
-    # -- encoding -----------------------------------------------------------------------------
+    # -- encoding (special tokens, BOS/EOS and input checks: base.Tokenizer.encode) ------------
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False, allowed_special="none") -> list[int]:
-        """Text -> ids. Each stretch of text between allowed special tokens gets its own dummy
-        prefix, as in Meta's Llama 2 chat code (which encodes every turn separately)."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, not {type(text).__name__}")
-        ids = [self.bos_id] if bos and self.bos_id is not None else []
-        if allowed_special == "none":
-            ids += self.encode_ordinary(text)
-        else:
-            for k, part in enumerate(self._special_splitter(allowed_special).split(text)):
-                if k % 2:
-                    ids.append(self.special_tokens[part])
-                elif part:
-                    ids += self.encode_ordinary(part)
-        if eos and self.eos_id is not None:
-            ids.append(self.eos_id)
-        return ids
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Text (no special tokens) -> ids: normalize, BPE by score, byte fallback.
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Text (no special tokens) -> ids: normalize, BPE by score, byte fallback."""
+        base.Tokenizer.encode calls this once per stretch of text between allowed special
+        tokens, so each stretch gets its own dummy prefix, as in Meta's Llama 2 chat code (which
+        encodes every turn separately)."""
         text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
         ids: list[int] = []
         prev_unk = False
@@ -338,8 +324,6 @@ class SentencePieceTokenizer(Tokenizer):
                 ids.append(i)
             prev_unk = is_unk
         return ids
-
-    _encode_ordinary = encode_ordinary  # the name base.py documents
 
     def normalize(self, text: str) -> str:
         """Text -> the string BPE sees, e.g. "Hello  world" -> "▁Hello▁▁world" (Llama 2)."""
@@ -452,17 +436,6 @@ class SentencePieceTokenizer(Tokenizer):
             pos += len(user) if user else 1
         return syms, frozen
 
-    def _special_splitter(self, allowed_special):
-        import regex
-        allowed = frozenset(self.special_tokens if allowed_special == "all" else allowed_special)
-        unknown = allowed - self.special_tokens.keys()
-        if unknown:
-            raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)[:3]}")
-        if allowed not in self._special_re:
-            alternation = "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True))
-            self._special_re[allowed] = regex.compile(f"({alternation})" if allowed else "(?!)")
-        return self._special_re[allowed]
-
     # -- decoding -----------------------------------------------------------------------------
 
     def id_to_bytes(self, i: int) -> bytes:
@@ -483,13 +456,13 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         """ids -> text, as sentencepiece's DecodeIds does."""
         step = self._decoder_step()
-        return b"".join(step(int(i)) for i in ids).decode("utf-8", errors="llama_np_spm")
+        return b"".join([step(i) for i in self._token_ids(ids)]).decode("utf-8", errors="llama_np_spm")
 
     def stream_decoder(self):
         """ids -> text chunk by chunk; the chunks join to exactly ``decode(all ids)``."""
         step = self._decoder_step()
         dec = codecs.getincrementaldecoder("utf-8")(errors="llama_np_spm")
-        return lambda ids: dec.decode(b"".join(step(int(i)) for i in ids))
+        return lambda ids: dec.decode(b"".join(step(i) for i in self._token_ids(ids)))
 
     def _decoder_step(self):
         """A function id -> bytes that remembers whether the dummy-prefix space is still to strip.

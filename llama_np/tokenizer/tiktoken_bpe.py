@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex  # not `re`: the pattern needs \p{L} / \p{N} Unicode classes
 
-from .base import Tokenizer, TokenizerError
+from .base import Tokenizer, TokenizerError, replace_lone_surrogates
 
 # Meta's pre-tokenizer pattern (llama3 tokenizer.py; the same as OpenAI's cl100k_base).
 # In words: English contractions (any case), an optional non-letter then letters, 1-3 digits,
@@ -196,7 +196,6 @@ class TiktokenTokenizer(Tokenizer):
         # Instruct models end a turn with <|eot_id|>; Llama 3.1 tool calls end with <|eom_id|>.
         # By id, so a version-"3" table (128008 = reserved_4) stops the same way.
         self.stop_ids = {i for i in (128001, 128008, 128009) if i < self.vocab_size} if st else set()
-        self._special_re: dict = {}  # frozenset of allowed names -> compiled alternation
         self._cache: dict[str, tuple] = {}  # piece text -> ids: most words repeat
 
     @classmethod
@@ -205,38 +204,14 @@ class TiktokenTokenizer(Tokenizer):
         ranks = load_tiktoken_ranks(path)
         return cls(ranks, llama3_special_tokens(len(ranks), version))
 
-    # -- encoding ---------------------------------------------------------------------------
+    # -- encoding (special tokens, BOS/EOS and input checks: base.Tokenizer.encode) ----------
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False, allowed_special="none") -> list[int]:
-        """Text -> ids. ``allowed_special``: "all", "none" (special-token text is encoded as
-        ordinary text, like tiktoken's ``disallowed_special=()``), or a set of special strings."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, not {type(text).__name__}")
-        ids = [self.bos_id] if bos else []
-        if allowed_special == "none" or not self.special_tokens:
-            ids += self.encode_ordinary(text)
-        else:
-            splitter = self._special_splitter(allowed_special)
-            # re.split with one capture group alternates text, special, text, special, ...
-            for k, part in enumerate(splitter.split(text)):
-                if k % 2:
-                    ids.append(self.special_tokens[part])
-                elif part:
-                    ids += self.encode_ordinary(part)
-        if eos:
-            ids.append(self.eos_id)
-        return ids
-
-    def encode_ordinary(self, text: str) -> list[int]:
+    def _encode_ordinary(self, text: str) -> list[int]:
         """Text with no special tokens in it -> ids."""
         try:
             return self._encode_pieces(text)
-        except UnicodeEncodeError:
-            # Lone surrogates ("\ud800") have no UTF-8 form; tiktoken replaces them with U+FFFD.
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            return self._encode_pieces(text)
-
-    _encode_ordinary = encode_ordinary  # the name base.py documents
+        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as tiktoken
+            return self._encode_pieces(replace_lone_surrogates(text))
 
     def _encode_pieces(self, text: str) -> list[int]:
         ids: list[int] = []
@@ -258,22 +233,6 @@ class TiktokenTokenizer(Tokenizer):
             ids += piece_ids
         return ids
 
-    def _special_splitter(self, allowed_special):
-        if allowed_special == "all":
-            allowed = frozenset(self.special_tokens)
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = allowed - self.special_tokens.keys()
-            if unknown:
-                raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)[:3]}")
-        splitter = self._special_re.get(allowed)
-        if splitter is None:
-            # longest first, so a name that is a prefix of another can't cut it short
-            alternation = "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True))
-            splitter = regex.compile(f"({alternation})") if allowed else regex.compile("(?!)")
-            self._special_re[allowed] = splitter
-        return splitter
-
     # -- decoding ---------------------------------------------------------------------------
 
     def id_to_bytes(self, i: int) -> bytes:
@@ -281,7 +240,3 @@ class TiktokenTokenizer(Tokenizer):
             raise TokenizerError(f"token id {i} is outside this tokenizer's vocabulary "
                                  f"(0..{self.vocab_size - 1})")
         return self._decoder[i]
-
-    def decode(self, ids) -> str:
-        """ids -> text (invalid UTF-8, e.g. half a character, becomes U+FFFD as in tiktoken)."""
-        return b"".join([self.id_to_bytes(int(i)) for i in ids]).decode("utf-8", errors="replace")

@@ -146,34 +146,10 @@ class BPETokenizer(Tokenizer):
         self.eos_id = eos
         self.stop_ids = {eos} if eos is not None else set()
 
-    # -- encoding -------------------------------------------------------------------------------
+    # -- encoding (special tokens, BOS/EOS and input checks: base.Tokenizer.encode) --------------
 
-    def encode(self, text: str, bos: bool = False, eos: bool = False, allowed_special="none") -> list[int]:
-        if allowed_special == "none" or not self.special_tokens:
-            ids = self.encode_ordinary(text)
-        else:
-            names = self.special_tokens if allowed_special == "all" else set(allowed_special)
-            unknown = set(names) - self.special_tokens.keys()
-            if unknown:
-                raise TokenizerError(f"not special tokens of this tokenizer: {sorted(unknown)[:3]}")
-            splitter = "(" + "|".join(regex.escape(s) for s in sorted(names, key=len, reverse=True)) + ")"
-            ids = []
-            for k, part in enumerate(regex.split(splitter, text) if names else [text]):
-                if k % 2:
-                    ids.append(self.special_tokens[part])
-                elif part:
-                    ids += self.encode_ordinary(part)
-        if bos:
-            if self.bos_id is None:
-                raise TokenizerError("this tokenizer has no BOS token")
-            ids.insert(0, self.bos_id)
-        if eos:
-            if self.eos_id is None:
-                raise TokenizerError("this tokenizer has no EOS token (register <|endoftext|>)")
-            ids.append(self.eos_id)
-        return ids
-
-    def encode_ordinary(self, text: str) -> list[int]:
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Text with no special tokens in it -> ids: split with the regex, then merge each chunk."""
         ids: list[int] = []
         for chunk in self._split(text):
             chunk_ids = self._cache.get(chunk)
@@ -182,8 +158,6 @@ class BPETokenizer(Tokenizer):
                     chunk.encode("utf-8", "surrogatepass")))
             ids += chunk_ids
         return ids
-
-    _encode_ordinary = encode_ordinary  # the name base.py documents
 
     def _encode_chunk(self, b: bytes) -> list[int]:
         """Apply the merges in the order they were learned (minbpe's encode)."""

@@ -8,7 +8,7 @@ package (maintained with llama.cpp) to read the file and to dequantize; here we 
   * build a ``ModelConfig`` from the ``llama.*`` metadata keys,
   * rename tensors to Meta's names (``blk.3.attn_q.weight`` -> ``layers.3.wq``),
   * dequantize each tensor once to float32, shaped (out, in) like PyTorch,
-  * check every shape against ``model.param_shapes(cfg)``.
+  * check every name and shape against ``model.param_shapes(cfg)`` (``checkpoint.check_tensors``).
 
 GGUF writes shapes fastest-dimension first (``[in, out]``); the reader's arrays are already
 (out, in). The q and k rows are stored in Meta's interleaved RoPE layout: llama.cpp's converter
@@ -24,9 +24,10 @@ import re
 import numpy as np
 
 from ..config import ModelConfig
-from ..model import param_shapes
 from ..tokenizer.gguf_meta import GGUFFormatError, open_reader, read_metadata
 from ..tokenizer.gguf_meta import one_line as _one_line
+from .checkpoint import check_tensors
+from .errors import CheckpointError
 from .progress import progress as show_progress
 
 # GGUF's tensor names (llama.cpp's gguf-py/constants.py) -> Meta's model.py names.
@@ -79,32 +80,28 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
     tensors = {t.name: t for t in reader.tensors}
     cfg = config_from_metadata(md, tensors, path)
 
-    expected = param_shapes(cfg)
-    named = {}
-    unexpected = []
+    named, declared = {}, {}
     for t in reader.tensors:
         name = meta_name(t.name)
         if name is None and t.name == "rope_freqs.weight":
             raise GGUFFormatError(f"{path} stores Llama 3.1 rope scaling as a tensor "
                                   f"(rope_freqs), which llama_np does not read yet")
-        if name is None or name not in expected:
-            unexpected.append(t.name)
-        else:
+        # What each tensor will be once dequantized, checked before the slow part: float32 of
+        # the declared shape (GGUF lists dimensions fastest first, so reversed), at no cost.
+        shape = tuple(int(d) for d in reversed(t.shape))
+        declared[name or t.name] = np.broadcast_to(np.float32(0), shape)
+        if name is not None:
             named[name] = t
-    missing = [n for n in expected if n not in named]
-    if missing or unexpected:
-        raise GGUFFormatError(f"{path} does not match a {cfg.n_layers}-layer Llama: "
-                              f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    try:
+        check_tensors(declared, cfg, path, f"its metadata ({cfg.n_layers}-layer Llama)")
+    except CheckpointError as e:
+        raise GGUFFormatError(str(e)) from None
 
     params = {}
     bar = show_progress(named.items(), f"dequantizing {os.path.basename(path)}", unit="tensors",
                         enabled=None if progress else False)
     for name, t in bar:
-        w = dequantize(t)
-        if w.shape != expected[name]:
-            raise GGUFFormatError(f"tensor {t.name} has shape {w.shape}, expected {expected[name]} "
-                                  f"for {name} from the metadata")
-        params[name] = w
+        params[name] = dequantize(t)
     del reader, tensors, named  # release the memory map
 
     tok = tokenizer_from_metadata(path, md) if tokenizer else None
@@ -138,10 +135,3 @@ def tokenizer_from_metadata(path: str, md: dict):
         return SentencePieceTokenizer.from_gguf(md)
     from ..tokenizer import load_tokenizer  # no or another tokenizer: its one-line error
     return load_tokenizer(path)
-
-
-def _few(names, k: int = 4) -> str:
-    if not names:
-        return "none"
-    more = f" and {len(names) - k} more" if len(names) > k else ""
-    return ", ".join(names[:k]) + more

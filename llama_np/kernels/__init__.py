@@ -1,0 +1,50 @@
+"""The CUDA kernels of ``llama_np.gpu``'s decoder, one ``.cu`` file per kernel family (as in llm.c).
+
+    from llama_np import kernels
+    print(kernels.source("rmsnorm.cu"))     # one file, e.g. for lesson 11
+    kernels.module_source()                 # all of them, as the one module llama_np.gpu compiles
+
+| file             | kernels                                                        |
+|------------------|----------------------------------------------------------------|
+| ``dtypes.cuh``   | bf16 / fp16 -> float32 helpers (included by the three below)   |
+| ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in)    |
+| ``widen.cu``     | ``widen_{bf16,f16}``: 16-bit matrices to float32 for cuBLAS    |
+| ``rmsnorm.cu``   | ``rms_norm``                                                   |
+| ``embed.cu``     | ``embed_{bf16,f16,f32}``: the token's embedding row            |
+| ``rope.cu``      | ``rope_store``: RoPE on q and k, then k and v into the cache   |
+| ``attention.cu`` | ``attn_partial``, ``attn_combine``: split-key decode attention |
+| ``swiglu.cu``    | ``swiglu``: silu(gate) * up                                    |
+| ``argmax.cu``    | ``argmax_next``: greedy decoding on the device                 |
+
+Each file stands on its own for an editor, ``nvcc -c`` or compute-sanitizer (the files that widen
+16-bit weights ``#include "dtypes.cuh"``). CuPy compiles one string with NVRTC, and an installed
+package need not be a folder NVRTC could search for headers, so ``module_source`` joins the header
+and the files in a fixed order and drops those include lines. The files are package data, read with importlib.resources,
+so they come with a wheel or a non-editable install (and from a zip, if the package is in one).
+Reading them does not need CuPy or a GPU.
+"""
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+HEADER = "dtypes.cuh"
+#: the order the files are joined in (every file's kernels after the helpers they use)
+FILES = ("gemv.cu", "widen.cu", "rmsnorm.cu", "embed.cu", "rope.cu", "attention.cu", "swiglu.cu",
+         "argmax.cu")
+_INCLUDE = re.compile(rf'^#include "{re.escape(HEADER)}"\n', re.MULTILINE)
+
+
+def source(name: str) -> str:
+    """The CUDA source of one kernel file, e.g. ``source("rmsnorm.cu")``."""
+    if name not in (HEADER, *FILES):
+        raise ValueError(f"no kernel file {name!r} in llama_np.kernels (files: {', '.join((HEADER, *FILES))})")
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def module_source() -> str:
+    """Every kernel as one CUDA source: the header, then each file without its include line."""
+    return "\n".join([source(HEADER)] + [_INCLUDE.sub("", source(name)) for name in FILES])
+
+
+__all__ = ["FILES", "HEADER", "module_source", "source"]
