@@ -73,6 +73,23 @@ def kernel(name: str):
     return f
 
 
+def compile_kernels() -> None:
+    """Compile (and load) every kernel now, once per process; a failure is a one-line DeviceError.
+    ``backend.use("gpu")`` calls this so that no compile error surfaces in the middle of a run."""
+    global _module
+    if "rms_norm" in _functions:
+        return
+    from .backend import cuda_error
+    try:
+        kernel("rms_norm")   # one module: its first function compiles and loads all of them
+    except Exception as e:
+        _module = None       # not half-built: the next call tries again
+        err = cuda_error(e)
+        if err is None:
+            raise
+        raise err from None
+
+
 def _grid(n: int, block: int = BLOCK) -> tuple:
     return (max(1, -(-n // block)),)
 
