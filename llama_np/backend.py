@@ -82,9 +82,11 @@ def _cupy():
     if driver == 0:
         _fail("no NVIDIA driver found (nvidia-smi must list the GPU): install the driver, or use --device cpu")
     if built is not None and driver // 1000 < built:
-        _fail(f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}, but {name} needs "
-              f"CUDA {built} (driver >= 580): pip uninstall {name}, then pip install -e '.[gpu]' "
-              f"(CUDA 12), or update the driver")
+        has = f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}, but {name} needs CUDA {built}"
+        if driver // 1000 == 12:    # a CUDA 13 CuPy on a CUDA 12 driver: the CUDA 12 extra fits
+            _fail(f"{has} (driver >= 580): pip uninstall {name}, then pip install -e '.[gpu]' (CUDA 12), "
+                  "or update the driver")
+        _fail(f"{has}: update the NVIDIA driver to 525 or newer (CUDA 12), or use --device cpu")
     try:
         n = runtime.getDeviceCount()
     except Exception as e:

@@ -43,7 +43,7 @@ def _raise(e):
     raise e
 
 def driverGetVersion():
-    return {"nodriver": 0, "olddriver": 12020}.get(S, 13000)
+    return {"nodriver": 0, "olddriver": 12020, "cuda11driver": 11040}.get(S, 13000)
 
 def getDeviceCount():
     if S == "nodevice":
@@ -100,6 +100,7 @@ SCENARIOS = {   # scenario -> what the one line must say
     "import": ["did not import", "libcuda.so.1", "pip install -e '.[gpu]'"],
     "nodriver": ["no NVIDIA driver found", "nvidia-smi"],
     "olddriver": ["supports CUDA 12.2", "cupy-cuda13x needs CUDA 13", "pip install -e '.[gpu]'"],
+    "cuda11driver": ["supports CUDA 11.4, but cupy-cuda12x needs CUDA 12", "driver to 525 or newer"],
     "nodevice": ["no usable GPU", "cudaErrorNoDevice"],
     "oldarch": ["Tesla P100-PCIE-16GB has compute capability 6.0", "7.5 or newer", "--device cpu"],
     "nonvrtc": ["cannot load NVRTC", "pip install nvidia-cuda-nvrtc-cu12", "'gpu' extra"],
