@@ -77,7 +77,13 @@ def compare(params, cfg, prompt, nxt, dtypes=("float32", "bf16", "fp16")) -> dic
         rounded = round_matrices(params, cfg, dtype)
         ref = numpy_rows(rounded, cfg, prompt, nxt)
         dev = gpu.upload(params, cfg, dtype)
-        r = {"model_code_prefill": float(np.abs(gpu.forward_gpu(dev, cfg, prompt) - forward(rounded, cfg, prompt)).max())}
+        want = forward(rounded, cfg, prompt)
+        r = {"model_code_prefill": float(np.abs(gpu.forward_gpu(dev, cfg, prompt) - want).max())}
+        mode, gpu.PREFILL = gpu.PREFILL, "float32"      # the exact prefill as well as the default
+        try:
+            r["model_code_prefill_float32"] = float(np.abs(gpu.forward_gpu(dev, cfg, prompt) - want).max())
+        finally:
+            gpu.PREFILL = mode
         for graph in (True, False):
             dec = gpu.Decoder(dev, cfg, max_len=len(prompt) + len(nxt) + 1, graph=graph)
             rows = [cp.asnumpy(dec.prefill(prompt))] + [cp.asnumpy(dec.step(int(t))) for t in nxt]

@@ -6,6 +6,9 @@
 #     sh benchmarks/gpu_session.sh          # results under $OUT (or /tmp/gpu_out)
 #
 # 1. installs llama_np over the machine's own packages (no downloads);
+# 1b. the set-up check on the real driver: backend.use("gpu") (driver, compute capability, NVRTC,
+#    cuBLAS, the kernels compiled for this GPU), lesson 11's RMSNorm kernel through cupy.RawKernel,
+#    and, if the NVRTC wheels are installed there, python -m llama_np.kernels.nvrtc (sm_75..sm_120);
 # 2. runs the GPU tests (kernels vs their NumPy emulation, tiny models in fp32/bf16/fp16 vs NumPy,
 #    the CUDA-graph decoder);
 # 3. runs benchmarks/gpu.py: tiny and SmolLM2 shapes on NumPy and CuPy, then Llama 3 8B's shape
@@ -30,19 +33,65 @@ PY=python3
 echo "== environment" | tee "$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/env.txt"
 $PY -c "import sys, numpy, cupy, torch, transformers; print(sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" 2>&1 | tee -a "$OUT/env.txt"
-$PY -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || { echo "pip install failed:"; tail -5 "$OUT/pip.txt"; }
+# SKIP_INSTALL=1: a dry run on a shared machine, whose virtual environment must not be repointed here
+[ -n "${SKIP_INSTALL:-}" ] || $PY -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || { echo "pip install failed:"; tail -5 "$OUT/pip.txt"; }
+echo "== set-up check on this GPU (backend.use('gpu') compiles the kernels for it)"
+timeout 120 $PY - >"$OUT/setup.txt" 2>&1 <<'PYEOF'
+import json, sys, time
+import numpy as np
+from llama_np import backend
+t = time.perf_counter()
+try:
+    cp = backend.use("gpu")                    # every check of issue 17, then the kernels compiled
+except backend.DeviceError as e:
+    sys.exit(str(e))                           # the one line a user would see
+print(f"use('gpu') ok in {time.perf_counter() - t:.1f} s: CuPy {cp.__version__} {backend.cupy_distributions()}, "
+      f"driver {cp.cuda.runtime.driverGetVersion()}, runtime {cp.cuda.runtime.runtimeGetVersion()}, "
+      f"NVRTC {cp.cuda.nvrtc.getVersion()}, sm_{cp.cuda.Device().compute_capability}")
+nb = json.load(open("solutions/11_gpu_cupy.ipynb"))
+src = next("".join(c["source"]) for c in nb["cells"] if "MY_RMS_NORM_SOURCE = r" in "".join(c["source"]))
+scope = {}
+exec(src, scope)
+k = cp.RawKernel(scope["MY_RMS_NORM_SOURCE"], "rms_norm")
+x = cp.asarray(np.random.default_rng(0).standard_normal((3, 576), dtype=np.float32))
+w = cp.ones(576, dtype=cp.float32)
+y = cp.empty_like(x)
+k((3,), (256,), (x, w, y, np.int32(576), np.float32(1e-5)))
+ref = cp.asnumpy(x) / np.sqrt((cp.asnumpy(x) ** 2).mean(-1, keepdims=True) + 1e-5)
+assert np.abs(cp.asnumpy(y) - ref).max() < 1e-5
+print("lesson 11's RMSNorm kernel compiled and ran")
+PYEOF
+SETUP_RC=$?
+cat "$OUT/setup.txt"
+timeout 100 $PY -m llama_np.kernels.nvrtc >"$OUT/nvrtc.txt" 2>&1
+NVRTC_RC=$?
+cat "$OUT/nvrtc.txt"
 echo "== tests (GPU; the emulated ones run in CI)"
 # -o addopts="": the project's pytest options name nbval, which the GPU machine does not have.
 timeout 150 $PY -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/test_gpu.py \
     >"$OUT/tests.txt" 2>&1
+TESTS_RC=$?
 tail -25 "$OUT/tests.txt"
 echo "== benchmark"
 PYTHONUNBUFFERED=1 timeout 300 $PY benchmarks/gpu.py --json "$OUT/gpu.json" >"$OUT/bench.txt" 2>&1
-echo "(exit $?)"
+BENCH_RC=$?
+echo "(exit $BENCH_RC)"
 cat "$OUT/bench.txt"
+LESSON_RC=skipped
 if [ -f "${LLAMA_NP_CACHE:-$HOME/.cache/llama_np}/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
     echo "== lesson 11, cell by cell"
     (cd solutions && PYTHONUNBUFFERED=1 timeout 150 $PY ../benchmarks/run_notebook.py 11_gpu_cupy.ipynb \
         >"$OUT/lesson11.txt" 2>&1)
+    LESSON_RC=$?
     grep -B2 -A8 "Error\|cells failed" "$OUT/lesson11.txt"
 fi
+verdict() { case "$1" in 0) echo PASS;; skipped) echo "SKIPPED (no SmolLM2 in the cache)";; 124|137) echo "TIMEOUT ($1)";; *) echo "FAIL (exit $1)";; esac; }
+{
+    echo "== SUMMARY ($(head -2 "$OUT/env.txt" | tail -1))"
+    echo "set-up check + kernels compiled on this GPU: $(verdict $SETUP_RC)  $(head -1 "$OUT/setup.txt")"
+    echo "NVRTC wheels, sm_75..sm_120 (CUDA 12 and 13): $(verdict $NVRTC_RC)  $(grep -c ': ok' "$OUT/nvrtc.txt") compiled, $(grep -c skipped "$OUT/nvrtc.txt") skipped"
+    echo "GPU tests (tests/test_gpu.py):                $(verdict $TESTS_RC)  $(tail -1 "$OUT/tests.txt")"
+    echo "benchmark (benchmarks/gpu.py):                $(verdict $BENCH_RC)"
+    grep -i "tok/s\|limit" "$OUT/bench.txt" | grep -i "decode\|prefill\|limit" | head -12 | sed 's/^/    /'
+    echo "lesson 11, cell by cell:                      $(verdict $LESSON_RC)"
+} | tee "$OUT/summary.txt"

@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .assets import AssetError
-    from .backend import DeviceError
+    from .backend import DeviceError, cuda_error
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
@@ -452,4 +452,10 @@ def main(argv=None) -> int:
         if isinstance(e, MemoryError):
             msg = "out of memory: " + msg
         _err(msg)
+        return 1
+    except Exception as e:   # CuPy's CompileException and CUDA runtime/driver/library errors
+        err = cuda_error(e)
+        if err is None:
+            raise
+        _err(str(err))
         return 1

@@ -3,8 +3,12 @@
 Two regimes, two tools:
 
 * **Prefill** (a prompt of T tokens) is compute-bound: every weight is used T times. It runs the
-  ordinary model code (``llama_np.model.forward``) on CuPy arrays; each matrix product widens its
-  16-bit weight to float32 and calls cuBLAS. Nothing here is GPU-specific except the arrays.
+  ordinary model code (``llama_np.model.forward``) on CuPy arrays. Each matrix product of 16-bit
+  weights runs on the tensor cores (``PREFILL = "fp16"``, the default): the activations rounded
+  to fp16, the weights as fp16 (bf16 converted, exactly for all but the tiniest), float32
+  accumulation in cuBLAS. ``PREFILL = "float32"`` (or $LLAMA_NP_GPU_PREFILL=float32) widens the
+  weights to float32 instead, on CUDA cores: slower, but its logits match the NumPy model on the
+  same weights to float32 summation order (1e-4), which lesson 11 and the kernel tests rely on.
 * **Decode** (one token) is bandwidth-bound: every weight is read once to do 2 flops, so the speed
   limit is (bytes of weights) / (HBM bandwidth): Llama 3 8B in 16 bits reads ~15 GB a token, an
   H100 SXM streams ~3.35 TB/s, so at most ~223 tokens/s. Getting near it takes three things:
@@ -29,6 +33,7 @@ Importing this module never imports CuPy; everything that needs it calls ``_cp()
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -38,6 +43,13 @@ from .kv_cache import new_cache
 from .model import FUSED, flatten, forward, nest
 from .rope import rope_angles, rope_frequencies
 
+#: how a prefill multiplies 16-bit weights: "fp16" (tensor cores, float32 accumulation) or
+#: "float32" (exact: weights widened to float32). Rounding the activations to fp16 (11 significant
+#: bits, 2^-11 relative) and the products' outputs once more moves SmolLM2's logits by far less
+#: than bf16 weights do; tests bound it at 2e-2 of the largest logit, with the same greedy tokens.
+#: fp16, not bf16, for the activations: 8x finer, and activations stay far inside fp16's 65504.
+PREFILL = os.environ.get("LLAMA_NP_GPU_PREFILL", "fp16")
+PREFILL_MODES = ("fp16", "float32")
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
 ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
 
@@ -71,6 +83,29 @@ def kernel(name: str):
             _module = _cp().RawModule(code=kernels.module_source(), options=("-std=c++14",))
         f = _functions[name] = _module.get_function(name)
     return f
+
+
+def compile_kernels() -> None:
+    """Compile (and load) every kernel now, once per process; a failure is a one-line DeviceError.
+    ``backend.use("gpu")`` calls this so that no compile error surfaces in the middle of a run."""
+    global _module
+    if "rms_norm" in _functions:
+        return
+    from .backend import cuda_error
+    try:
+        kernel("rms_norm")   # one module: its first function compiles and loads all of them
+    except Exception as e:
+        _module = None       # not half-built: the next call tries again
+        err = cuda_error(e)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _prefill_mode() -> str:
+    if PREFILL not in PREFILL_MODES:
+        raise ValueError(f"unknown GPU prefill mode {PREFILL!r} (LLAMA_NP_GPU_PREFILL): use fp16 or float32")
+    return PREFILL
 
 
 def _grid(n: int, block: int = BLOCK) -> tuple:
@@ -109,8 +144,8 @@ def device_bandwidth(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
 # -------------------------------------------------------------------------- device weights
 class DeviceWeight:
     """A (out, in) matrix on the GPU, stored as ``kind`` = "bf16" (raw uint16 bits), "f16" or
-    "f32". ``matmul(x)`` = x @ W.T in float32: a ``gemv_*`` kernel for one token, widen + cuBLAS
-    for many. ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
+    "f32". ``matmul(x)`` = x @ W.T in float32: a ``gemv_*`` kernel for one token, cuBLAS for many
+    (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
     is_packed = True
 
     def __init__(self, data, kind: str):
@@ -136,6 +171,15 @@ class DeviceWeight:
             _grid(n), (BLOCK,), (cp.ascontiguousarray(data), out, np.int64(n)))
         return out
 
+    def half(self):
+        """The matrix as a float16 CuPy array (fp16: a view; bf16: converted by a kernel)."""
+        cp = _cp()
+        if self.kind == "f16":
+            return self.data.view(cp.float16)
+        out = cp.empty(self.data.shape, dtype=cp.uint16)
+        kernel("bf16_to_f16")(_grid(self.data.size), (BLOCK,), (self.data, out, np.int64(self.data.size)))
+        return out.view(cp.float16)
+
     def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
         """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays.
         ``norm=(g, eps)``: y = W @ rms_norm(x, g, eps) in the same kernel (no accumulate)."""
@@ -154,7 +198,9 @@ class DeviceWeight:
         if x2.shape[0] == 1 and self.data.shape[1] % 8 == 0:
             y = cp.empty((1, self.data.shape[0]), dtype=cp.float32)
             self.gemv(x2[0], y[0])
-        else:     # many tokens: compute-bound, cuBLAS on a float32 copy of W
+        elif self.kind != "f32" and _prefill_mode() == "fp16":   # many tokens: tensor cores
+            y = (x2.astype(cp.float16) @ self.half().T).astype(cp.float32)
+        else:     # many tokens, exact: cuBLAS on a float32 copy of W
             y = x2 @ self.widen().T
         return y.reshape(*x.shape[:-1], self.data.shape[0])
 

@@ -29,3 +29,16 @@ def test_gpu_extra_is_optional():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any("cupy" in r for r in project["dependencies"])
     assert any("cupy" in r for r in project["optional-dependencies"]["gpu"])
+
+
+def test_gpu_extras_bring_the_cuda_libraries_of_their_cuda():
+    """gpu (CUDA 12) and gpu-cuda13 each name one CuPy and the NVRTC and cuBLAS wheels of the same
+    CUDA major version (CuPy 14 loads them; without them a fresh venv cannot compile or multiply),
+    as backend.EXTRAS tells the user to install them."""
+    from llama_np.backend import EXTRAS
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for major, (extra, cupy, nvrtc, cublas) in EXTRAS.items():
+        names = {_name(r) for r in extras[extra]}
+        assert [n for n in names if n.startswith("cupy")] == [cupy], extra
+        assert {nvrtc, cublas} <= names, extra
+    assert {_name(r) for r in extras["gpu-compile"]} == {EXTRAS[12][2], EXTRAS[13][2]}

@@ -8,6 +8,10 @@ summation order differs (plus expf vs NumPy's exp): <= 1e-3. Against the origina
 a bf16 model differs by the rounding of every weight (8 significant bits, ~0.4 % each); that
 difference is reported, not bounded, except that the greedy tokens must mostly agree.
 
+The tensor-core prefill (gpu.PREFILL = "fp16", the default) rounds activations to fp16 as well:
+its bound is 2e-2 of the largest logit, same top tokens (gpu_emulator.assert_within_fp16_prefill_bound).
+Every other test here runs the exact float32 prefill.
+
 Skips, with the reason, where CuPy or a GPU is missing (CI has neither).
 """
 from __future__ import annotations
@@ -35,7 +39,9 @@ rng = np.random.default_rng(0)
 
 
 @pytest.fixture(autouse=True)
-def on_gpu():
+def on_gpu(monkeypatch):
+    # the exact prefill: the tolerances above; the tensor-core one is tested at its own bound below
+    monkeypatch.setattr(gpu, "PREFILL", "float32")
     use("gpu")
     yield
     use("cpu")
@@ -242,3 +248,36 @@ def test_gpu_path_matches_transformers(name):
     """Against the independent reference too: transformers' committed logits, float32 weights,
     model code and Decoder (the check itself: gpu_emulator.check_against_transformers)."""
     emu.check_against_transformers(gpu, name)
+
+
+def test_bf16_to_f16_kernel():
+    E = gpu._to_bits(rng.standard_normal((50, 64), dtype=np.float32) * np.float32(1e-3), "bf16")[0]
+    (h,) = run("bf16_to_f16", gpu._grid(E.size), (gpu.BLOCK,), (E, np.zeros(E.shape, np.uint16), np.int64(E.size)), [1])
+    ref = np.zeros(E.shape, np.uint16)
+    emu.bf16_to_f16(E, ref, E.size)
+    np.testing.assert_array_equal(h, ref)           # both round to nearest even
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_tensor_core_prefill_on_smollm2(smollm2, dtype, monkeypatch):
+    """The default prefill: fp16 products on tensor cores, float32 accumulation. Logits within 2e-2
+    of the largest logit of NumPy on the same 16-bit weights, the same top token in every row, and
+    then the same 24 greedy tokens from the Decoder."""
+    monkeypatch.setattr(gpu, "PREFILL", "fp16")
+    cfg, flat, tok = smollm2
+    ids = tok.encode("The capital of France is", bos=bool(getattr(tok, "add_bos", False)))
+    params = nest(dict(rounded(flat, dtype)), cfg)
+    use("cpu")
+    ref = forward(params, cfg, ids)
+    cache = new_cache(cfg, len(ids) + 24)
+    logits, want = forward(params, cfg, ids, 0, cache, last_only=True), []
+    for i in range(24):
+        want.append(int(np.argmax(logits[-1])))
+        logits = forward(params, cfg, [want[-1]], len(ids) + i, cache)
+    use("gpu")
+    dev = gpu.upload(flat, cfg, dtype)
+    out = cp.asnumpy(gpu.forward_gpu(dev, cfg, ids))
+    print(f"tensor-core prefill, {dtype}: max abs {np.abs(out - ref).max():.4f}, "
+          f"relative to the largest logit {np.abs(out - ref).max() / np.abs(ref).max():.2e}")
+    emu.assert_within_fp16_prefill_bound(out, ref)
+    assert gpu.Decoder(dev, cfg, max_len=64).greedy(ids, 24) == want

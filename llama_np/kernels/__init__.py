@@ -8,7 +8,7 @@
 |------------------|----------------------------------------------------------------|
 | ``dtypes.cuh``   | bf16 / fp16 -> float32 helpers (included by the three below)   |
 | ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in)    |
-| ``widen.cu``     | ``widen_{bf16,f16}``: 16-bit matrices to float32 for cuBLAS    |
+| ``widen.cu``     | ``widen_{bf16,f16}``, ``bf16_to_f16``: for the prefill         |
 | ``rmsnorm.cu``   | ``rms_norm``                                                   |
 | ``embed.cu``     | ``embed_{bf16,f16,f32}``: the token's embedding row            |
 | ``rope.cu``      | ``rope_store``: RoPE on q and k, then k and v into the cache   |
