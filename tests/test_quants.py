@@ -29,14 +29,15 @@ F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0,
 QUANTIZABLE = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 
 
-def random_blocks(kind: str, n_blocks: int, seed: int = 0) -> np.ndarray:
-    """n_blocks random blocks of ``kind`` as (n_blocks, bytes) uint8, with finite float16 scales."""
+def random_blocks(kind: str, n_blocks: int, seed: int = 0, scale: float = 0.01) -> np.ndarray:
+    """n_blocks random blocks of ``kind`` as (n_blocks, bytes) uint8, with finite float16 scales
+    (normal, standard deviation ``scale``)."""
     rng = np.random.default_rng(seed)
     _, nbytes, _ = quants.TYPES[kind]
     raw = rng.integers(0, 256, size=(n_blocks, nbytes), dtype=np.uint8)
     for off in F16_FIELDS[kind]:
-        scale = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16)
-        raw[:, off:off + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+        d = (rng.standard_normal(n_blocks) * scale).astype(np.float16)
+        raw[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
     return raw
 
 
