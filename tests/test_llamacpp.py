@@ -6,6 +6,8 @@
   weights dequantized at load (float32) or kept packed.
 * Where torch + transformers are installed, the committed logits are remade live; where
   llama-cpp-python is installed, the files are remade and must be the committed bytes.
+* A tiny Llama 3.1 converted by llama.cpp's convert_hf_to_gguf.py (rope scaling as rope_freqs)
+  gives transformers' logits on the original Hugging Face folder.
 """
 from __future__ import annotations
 
@@ -78,3 +80,33 @@ def test_files_remade_by_llamacpp(ref, tmp_path):
         new = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(str(p)).tensors}
         old = {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(str(mf.path(ftype))).tensors}
         assert new == old, ftype
+
+
+def test_llama31_converted_by_llamacpp():
+    """A Llama 3.1 (rope scaling "llama3") converted by llama.cpp's convert_hf_to_gguf.py gives
+    transformers' logits on the original Hugging Face folder (committed in tests/fixtures/tiny):
+    the converter stores the scaling as rope_freqs, which llama_np reads."""
+    from tests.fixtures.tiny.configs import config as tiny_config
+    from tests.fixtures.tiny.make_fixtures import HERE as TINY
+    cfg, params, tok = load(mf.CONVERTED, progress=False)
+    assert "freq_factors" in cfg.rope_scaling and tok is not None
+    want = tiny_config("llama31_scaled")
+    for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "head_dim"):
+        assert getattr(cfg, k) == getattr(want, k), k
+    fx = np.load(TINY / "llama31_scaled.npz")            # 320 positions, 5x the "original" context
+    np.testing.assert_allclose(forward(nest(params, cfg), cfg, fx["ids"]), fx["logits"], atol=ATOL, rtol=0)
+
+
+def test_llama31_remade_by_converter(tmp_path):
+    """Converting again gives the committed tensors (needs $LLAMA_NP_CONVERT_HF_TO_GGUF: the
+    path of convert_hf_to_gguf.py, e.g. from llama-cpp-python's sdist; and torch)."""
+    import os
+    from pathlib import Path
+    converter = os.environ.get(mf.CONVERTER_ENV)
+    if not converter:
+        pytest.skip(f"set {mf.CONVERTER_ENV} to llama.cpp's convert_hf_to_gguf.py to remake the file")
+    pytest.importorskip("torch")
+    pytest.importorskip("sentencepiece")
+    new = mf.convert_llama31(Path(converter), tmp_path / "c.gguf")
+    read = lambda p: {t.name: np.asarray(t.data).tobytes() for t in gguf.GGUFReader(str(p)).tensors}  # noqa: E731
+    assert read(new) == read(mf.CONVERTED)
