@@ -1,10 +1,12 @@
 """GGUF at real shapes: peak memory and decode speed of packed quantized weights, llama.cpp beside.
 
-    python benchmarks/gguf_shapes.py --shape 1b --ftype Q4_K_M --layers 2    # CI-sized: minutes
+    python benchmarks/gguf_shapes.py --shape 1b --ftype Q4_K_M --layers 2    # a few minutes
+    python benchmarks/gguf_shapes.py --shape 1b --ftype Q8_0 --layers 4      # CI (no llama.cpp needed)
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q4_K_M               # by hand: ~16 GB F16 on disk
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q8_0
 
-Needs llama-cpp-python (the ``llamacpp`` extra). Steps:
+Needs llama-cpp-python (the ``llamacpp`` extra), except for Q8_0, which the ``gguf`` package can
+write itself (then there is no llama.cpp column: CI does not build llama.cpp). Steps:
   1. a random-weight F16 GGUF of the shape (Llama 3.2 1B or Llama 3 8B, from real_shapes.py),
      written one tensor at a time (never the whole model in memory);
   2. llama.cpp quantizes it to FTYPE (``llama_model_quantize``, as ``llama-quantize`` does);
@@ -54,9 +56,11 @@ def gguf_name(meta: str) -> str:
     return f"{top[meta]}.weight"
 
 
-def write_f16(cfg, path: Path) -> float:
-    """Random F16 GGUF of ``cfg``, one tensor in memory at a time; returns seconds taken."""
+def write_f16(cfg, path: Path, q8: bool = False) -> float:
+    """Random F16 GGUF of ``cfg``, one tensor in memory at a time; returns seconds taken.
+    ``q8``: matrices quantized to Q8_0 by the ``gguf`` package instead (no llama.cpp needed)."""
     import gguf
+    from gguf.quants import quantize as gguf_quantize
 
     from llama_np.model import param_shapes
     t0 = time.perf_counter()
@@ -80,9 +84,15 @@ def write_f16(cfg, path: Path) -> float:
     w.add_token_types([gguf.TokenType.NORMAL] * cfg.vocab_size)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    dtypes = {n: np.float32 if len(s) == 1 else np.float16 for n, s in shapes.items()}
+    Q8 = gguf.GGMLQuantizationType.Q8_0
     for n, s in shapes.items():
-        w.add_tensor_info(gguf_name(n), s, np.dtype(dtypes[n]), int(np.prod(s)) * np.dtype(dtypes[n]).itemsize)
+        if len(s) == 1:
+            w.add_tensor_info(gguf_name(n), s, np.dtype(np.float32), 4 * s[0])
+        elif q8:
+            byte_shape = (s[0], s[1] // 32 * 34)
+            w.add_tensor_info(gguf_name(n), byte_shape, np.dtype(np.uint8), byte_shape[0] * byte_shape[1], raw_dtype=Q8)
+        else:
+            w.add_tensor_info(gguf_name(n), s, np.dtype(np.float16), 2 * s[0] * s[1])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -91,7 +101,8 @@ def write_f16(cfg, path: Path) -> float:
         if len(s) == 1:
             a = np.ones(s, np.float32)
         else:
-            a = (rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[1]))).astype(np.float16)
+            a = rng.standard_normal(s, dtype=np.float32) / np.float32(np.sqrt(s[1]))
+            a = gguf_quantize(a, Q8) if q8 else a.astype(np.float16)
         w.write_tensor_data(a)
         del a
     w.close()
@@ -183,9 +194,13 @@ def main(argv=None) -> int:
         return 0
     try:
         import llama_cpp  # noqa: F401
-    except ImportError:
-        print("gguf_shapes: needs llama-cpp-python (pip install -e '.[llamacpp]')", file=sys.stderr)
-        return 2
+        have_llamacpp = True
+    except ImportError:   # CI: Q8_0 written by the gguf package, no llama.cpp column
+        have_llamacpp = False
+        if a.ftype != "Q8_0":
+            print(f"gguf_shapes: {a.ftype} needs llama-cpp-python to quantize (pip install -e '.[llamacpp]'); "
+                  f"without it only --ftype Q8_0 runs", file=sys.stderr)
+            return 2
     cfg = config_of(a.shape, a.layers)
     a.workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{a.shape}{'-' + str(a.layers) + 'l' if a.layers else ''}"
@@ -194,6 +209,9 @@ def main(argv=None) -> int:
                                       if a.layers else "")
     if dest.exists():     # kept by an earlier --keep run
         print(f"{name}: reusing {dest}", flush=True)
+    elif not have_llamacpp:
+        print(f"{name}: writing {dest.name} (Q8_0 by the gguf package; no llama-cpp-python here) ...", flush=True)
+        print(f"  written in {write_f16(cfg, dest, q8=True):.0f} s", flush=True)
     else:
         print(f"{name}: writing {src.name} ...", flush=True)
         write_s = write_f16(cfg, src)
@@ -205,7 +223,8 @@ def main(argv=None) -> int:
     env_args = ["--tokens", str(a.tokens), "--threads", str(a.threads)]
     os.environ["LLAMA_NP_THREADS"] = str(a.threads)
     ours = child([*env_args, "--child", "llama_np", str(dest)], timeout=3600)
-    peer = child([*env_args, "--child", "llamacpp", str(dest)], timeout=3600)
+    peer = (child([*env_args, "--child", "llamacpp", str(dest)], timeout=3600) if have_llamacpp
+            else {"error": "not installed (pip install -e '.[llamacpp]')"})
     rate = stream_rate()
     print(f"  {'run':<12} {'load s':>7} {'peak RSS GiB':>13} {'RSS - file GiB':>15} {'decode tok/s':>13}")
     for label, r in (("llama_np", ours), ("llama.cpp", peer)):
@@ -222,7 +241,7 @@ def main(argv=None) -> int:
               f"-> bandwidth limit {rate / b:.2f} tok/s")
     if not a.keep:
         dest.unlink()
-    return 0 if "error" not in ours else 1
+    return 0 if "error" not in ours else 1   # llama.cpp failing is reported, not ours to fail on
 
 
 if __name__ == "__main__":
