@@ -239,6 +239,17 @@ def test_rope_freqs_tensor(tmp_path):
     assert np.abs(forward(nest(params3, cfg3), cfg3, fx["ids"]) - fx["logits"]).max() > 1e-2
 
 
+def test_rope_scaling_keys():
+    """Scaling written as metadata keys (linear, YaRN: other models') is refused by name."""
+    from llama_np.config import ModelConfig
+    md = {"general.architecture": "llama", "llama.attention.head_count": 4, "llama.embedding_length": 64,
+          "llama.block_count": 1, "llama.feed_forward_length": 128, "llama.vocab_size": 10}
+    assert ModelConfig.from_gguf_metadata({**md, "llama.rope.scaling.type": "none",
+                                           "llama.rope.scaling.factor": 1.0}).rope_scaling is None
+    with pytest.raises(ValueError, match="rope scaling type 'linear' is not supported"):
+        ModelConfig.from_gguf_metadata({**md, "llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0})
+
+
 def test_rope_freqs_wrong_size(tmp_path):
     cfg = config("llama31_scaled").replace(rope_scaling=None)
     path = write_gguf(tmp_path / "m.gguf", cfg, make_weights("llama31_scaled"),
