@@ -178,11 +178,22 @@ def test_packed_mode(tmp_path, qtype):
             assert v.is_packed and v.shape == wide[k].shape, k
             assert np.array_equal(v.to_float32(), wide[k]), k        # dequantized bit for bit
             assert v.nbytes < wide[k].nbytes                           # and kept small
+            assert _maps_file(v.data), k                               # a view of the file's memory map
     ids = np.arange(0, 96, 7)
     a = forward(nest(wide, cfg2), cfg2, ids)
     b = forward(nest(packed, cfg2), cfg2, ids)
     # Same weights; only the summation order of the blocked products differs (float32 rounding).
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
+
+
+def _maps_file(a) -> bool:
+    """Whether array ``a`` is a view of a memory-mapped file (following .base to the owner)."""
+    import mmap
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+    return False
 
 
 def test_mode_from_environment(tmp_path, monkeypatch):
