@@ -61,6 +61,7 @@ def test_llamacpp_logits(ref, ftype, dtype):
     np.testing.assert_allclose(np.concatenate(rows), want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.reference
 def test_reference_made_by_transformers(ref):
     """The committed logits are what transformers gives now (skipped without torch)."""
     pytest.importorskip("torch")

@@ -28,6 +28,7 @@ def test_reference_npz(tmp_path):
     assert f"reference {tmp_path / 'r.npz'}: max abs difference" in out.getvalue() and "PASS" in out.getvalue()
 
 
+@pytest.mark.reference
 def test_transformers_on_the_same_file():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
