@@ -151,8 +151,11 @@ class ModelConfig:
         dim = int(g("embedding_length"))
         vs = g("vocab_size") or vocab_size or len(md.get("tokenizer.ggml.tokens", []))
         scaling = None
-        if g("rope.scaling.type") == "llama3" or g("rope.scaling.factor"):
-            raise ValueError("GGUF rope scaling is stored as a tensor (rope_freqs); not supported yet")
+        if g("rope.scaling.type") not in (None, "none") or float(g("rope.scaling.factor") or 1.0) != 1.0:
+            # llama.cpp's converter writes Llama 3.1 scaling as the rope_freqs tensor (read by
+            # weights/gguf.py), never as these keys; linear and YaRN scaling are other models'.
+            raise ValueError(f"GGUF rope scaling type {g('rope.scaling.type')!r} is not supported "
+                             f"(Llama 3.1's scaling comes as the rope_freqs tensor, which is)")
         return cls(dim=dim, n_layers=int(g("block_count")), n_heads=n_heads,
                    n_kv_heads=int(g("attention.head_count_kv", n_heads)), vocab_size=int(vs),
                    hidden_dim=int(g("feed_forward_length")),

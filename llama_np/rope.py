@@ -39,8 +39,14 @@ def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_facto
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None) -> np.ndarray:
-    """theta_i for each pair: (head_dim // 2,) float64 (computed once, in double precision)."""
+    """theta_i for each pair: (head_dim // 2,) float64 (computed once, in double precision).
+
+    ``scaling``: Llama 3.1's parameters (``llama3_scale_frequencies``), or ``{"freq_factors": f}``,
+    the same scaling as GGUF files store it (``rope_freqs.weight``): theta_i / f_i, as llama.cpp does.
+    """
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling and "freq_factors" in scaling:
+        return inv_freq / np.asarray(scaling["freq_factors"], dtype=np.float64)
     if scaling:
         inv_freq = llama3_scale_frequencies(inv_freq, **scaling)
     return inv_freq

@@ -11,7 +11,9 @@ References, in the order they are tried:
      attention, when the ``reference`` extra is installed and it fits: float32 needs about
      4 bytes per parameter (7B: ~28 GB, more than a 24 GiB machine has);
   3. the published values that transformers' own integration tests assert for a real
-     checkpoint, when the shape is recognised (``llama_np.published``).
+     checkpoint, when the shape is recognised (``llama_np.published``). Those are logits of the
+     16-bit weights: a quantized GGUF (Q4_K_M, Q8_0, ...) computes other numbers by design, so
+     for one of those only 1 or 2 apply, and the report says which was used.
 
 llama_np itself runs with 16-bit weights kept 16-bit when float32 copies would not fit; that
 changes nothing in the numbers (widening bf16 to float32 is exact, the sums are float32).
@@ -133,6 +135,16 @@ def transformers_logits(model_path, prompts) -> list[np.ndarray]:
     return out
 
 
+def quantized_types(path) -> list[str]:
+    """The quantized tensor types of a GGUF file (e.g. ['Q4_K', 'Q6_K']); [] for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    from .tokenizer.gguf_meta import open_reader
+    kinds = {t.tensor_type.name for t in open_reader(os.fspath(path)).tensors}
+    return sorted(kinds - {"F32", "F16", "BF16"})
+
+
 def n_params(cfg) -> int:
     return sum(int(np.prod(shape)) for shape in param_shapes(cfg).values())
 
@@ -184,6 +196,8 @@ def verify(model_path, reference=None, prompts=None, tolerance=None, out=None,
         pairs = read_reference(reference)
         ids_list, refs, label = [p[0] for p in pairs], [p[1] for p in pairs], f"reference {reference}"
     elif use_transformers and transformers_available() and not (path / "params.json").is_file():
+        # transformers dequantizes a GGUF's blocks itself (with gguf), so it is a reference for the
+        # very numbers the file holds, quantized or not.
         ids_list = parse_prompts(prompts, tok, cfg.vocab_size)
         need, avail = 4 * n_params(cfg) + 2**30, available_memory()
         if avail and need > avail:
@@ -193,12 +207,20 @@ def verify(model_path, reference=None, prompts=None, tolerance=None, out=None,
         else:
             del flat   # one model in memory at a time
             gc.collect()
-            refs, label = transformers_logits(path, ids_list), "transformers (float32, eager)"
+            refs = transformers_logits(path, ids_list)
+            label = ("transformers on the same GGUF file (float32, eager)" if path.is_file()
+                     else "transformers (float32, eager)")
             cfg, flat, tok = load_model(path)
     else:
         refs = None
     params = nest(flat, cfg)
     if refs is None:
+        quantized = quantized_types(path)
+        if quantized:
+            raise ValueError(f"{path.name} is quantized ({', '.join(quantized)}): the published Llama values "
+                             f"apply to 16-bit checkpoints only; compare with transformers on the same file "
+                             f"(install the reference extra; float32 needs ~{(4 * n_params(cfg) + 2**30) / 1e9:.0f} GB) "
+                             f"or pass --reference FILE.npz made by llama_np.verify.write_reference")
         matches = published.references_for(cfg, path.name)
         if not matches:
             raise ValueError(f"no reference for {path}: pass --reference FILE.npz, install the reference extra "

@@ -2,6 +2,7 @@
 
     cfg, params, tok = load_model("smollm2-135m-instruct")   # a named asset (the default)
     cfg, params, tok = load_model("model.gguf")               # llama.cpp's GGUF
+    cfg, params, tok = load_model("ollama:llama3.1:8b")       # a GGUF Ollama has downloaded
     cfg, params, tok = load_model("Llama-3.1-8B/original")   # Meta: params.json + consolidated.*.pth
     cfg, params, tok = load_model("Llama-3.1-8B")            # Hugging Face: config.json + *.safetensors
 
@@ -17,10 +18,14 @@ from .. import assets
 
 
 def resolve(path_or_name=None) -> Path:
-    """An asset name (or None for the default model) -> its cached file; a path -> itself."""
+    """An asset name (or None for the default model) -> its cached file; ``ollama:NAME[:TAG]``
+    -> the GGUF blob in Ollama's store; a path -> itself."""
     if path_or_name is None:
         return assets.fetch(assets.DEFAULT_MODEL)
     s = os.fspath(path_or_name)
+    if s.startswith("ollama:"):
+        from .ollama import resolve as ollama_resolve
+        return ollama_resolve(s)
     if s in assets.ASSETS:
         return assets.fetch(s)
     return Path(s).expanduser()
@@ -47,7 +52,8 @@ def detect_format(path: Path) -> str:
 
 def load_model(path_or_name=None, **kw):
     """Load any supported checkpoint -> (cfg, flat float32 params, tokenizer)."""
-    if path_or_name is not None and os.fspath(path_or_name) not in assets.ASSETS:
+    name = None if path_or_name is None else os.fspath(path_or_name)
+    if name is not None and name not in assets.ASSETS and not name.startswith("ollama:"):
         p = Path(os.fspath(path_or_name)).expanduser()
         if not p.exists() and os.sep not in os.fspath(path_or_name) and not p.suffix:
             # A bare word that is neither a file nor an asset: most likely a mistyped asset name.

@@ -1,14 +1,22 @@
-"""Load a GGUF file (llama.cpp's format) into llama_np's flat float32 parameter dict.
+"""Load a GGUF file (llama.cpp's format) into llama_np's flat parameter dict.
 
 A GGUF file holds three things: metadata (hyper-parameters and the whole tokenizer), tensor
-descriptions (name, type, shape, offset), and the tensor data, often quantized: Q4_1 stores
-blocks of 32 weights as 4-bit integers plus a float16 scale and minimum. We use the ``gguf``
-package (maintained with llama.cpp) to read the file and to dequantize; here we only
+descriptions (name, type, shape, offset), and the tensor data, often quantized: Q4_K stores
+super-blocks of 256 weights as 4-bit codes with 6-bit scales and mins (see ``quants.py``). We use
+the ``gguf`` package (maintained with llama.cpp) to read the file; here we
 
   * build a ``ModelConfig`` from the ``llama.*`` metadata keys,
   * rename tensors to Meta's names (``blk.3.attn_q.weight`` -> ``layers.3.wq``),
-  * dequantize each tensor once to float32, shaped (out, in) like PyTorch,
-  * check every name and shape against ``model.param_shapes(cfg)`` (``checkpoint.check_tensors``).
+  * check every name, type and shape against ``model.param_shapes(cfg)`` before reading any data
+    (``checkpoint.check_tensors``, shared with the other loaders),
+  * turn each matrix into what ``linear`` multiplies with, in one of two modes:
+      - "float32": dequantized once, whole (plain BLAS afterwards: fastest, 4 bytes a weight);
+      - "packed": kept as stored, as a view of the file's memory map (``quants.GGUFWeight``,
+        ``packed.BF16Weight``/``F16Weight``), dequantized a few rows at a time in each product.
+    "auto" picks float32 when float32 copies of the weights take under half the available
+    memory (SmolLM2-135M: 0.5 GB), else packed (Llama 3.1 8B Q4_K_M: 4.9 GB packed, 32 GB as
+    float32). Set ``$LLAMA_NP_GGUF_DTYPE`` to float32 or packed to choose.
+  * read ``rope_freqs.weight`` (Llama 3.1's RoPE scaling: one divisor per rotary frequency).
 
 GGUF writes shapes fastest-dimension first (``[in, out]``); the reader's arrays are already
 (out, in). The q and k rows are stored in Meta's interleaved RoPE layout: llama.cpp's converter
@@ -26,18 +34,19 @@ import numpy as np
 from ..config import ModelConfig
 from ..tokenizer.gguf_meta import GGUFFormatError, open_reader, read_metadata
 from ..tokenizer.gguf_meta import one_line as _one_line
-from .checkpoint import check_tensors
+from .checkpoint import available_memory, check_tensors
 from .errors import CheckpointError
+from .packed import BF16Weight, F16Weight
 from .progress import progress as show_progress
+from .quants import SUPPORTED as SUPPORTED_TYPES
+from .quants import GGUFWeight, dequantize as dequantize_raw
 
 # GGUF's tensor names (llama.cpp's gguf-py/constants.py) -> Meta's model.py names.
 TOP_LEVEL = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"}
 PER_LAYER = {"attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
              "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
              "ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
-# The tensor types we dequantize (all through gguf.quants.dequantize). K-quants and the IQ
-# types would work the same way but are untested here, so they are refused by name.
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+MODES = ("auto", "float32", "packed")
 
 
 def meta_name(gguf_name: str) -> str | None:
@@ -50,44 +59,81 @@ def meta_name(gguf_name: str) -> str | None:
     return TOP_LEVEL.get(m.group(1)) if m else None
 
 
-def dequantize(tensor) -> np.ndarray:
-    """One ``ReaderTensor`` -> a C-contiguous float32 array we own, shaped (out, in) or (n,)."""
-    from gguf.quants import dequantize as gguf_dequantize
+def _check_type(tensor) -> str:
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TYPES:
         raise GGUFFormatError(f"tensor {tensor.name} has type {kind}, which llama_np does not support "
                               f"(supported: {', '.join(SUPPORTED_TYPES)}); convert the model to one of them")
+    return kind
+
+
+def dequantize(tensor) -> np.ndarray:
+    """One ``ReaderTensor`` -> a C-contiguous float32 array we own, shaped (out, in) or (n,)."""
+    kind = _check_type(tensor)
     try:
-        w = gguf_dequantize(tensor.data, tensor.tensor_type)
+        w = dequantize_raw(tensor.data, kind)
     except Exception as e:
         raise GGUFFormatError(f"cannot read tensor {tensor.name} ({kind}): {_one_line(e)}") from None
     # F32 comes back as a view of the memory map: copy it so the file can close.
     return np.array(w, dtype=np.float32, order="C", copy=True)
 
 
+def packed(tensor):
+    """One ``ReaderTensor`` matrix -> a packed weight over the memory map (nothing is read yet)."""
+    kind = _check_type(tensor)
+    n_out, n_in = _shape(tensor)
+    if kind == "F32":
+        return tensor.data.view(np.ndarray)
+    if kind == "F16":
+        return F16Weight(tensor.data)
+    if kind == "BF16":
+        return BF16Weight(tensor.data.view(np.uint16).reshape(n_out, n_in))
+    return GGUFWeight(tensor.data, kind, n_in)
+
+
+def _shape(tensor) -> tuple:
+    """The logical shape, (out, in) like PyTorch: GGUF lists dimensions fastest first."""
+    return tuple(int(n) for n in reversed(tensor.shape))
+
+
+def choose_mode(tensors, dtype: str = "auto") -> str:
+    """"auto" -> $LLAMA_NP_GGUF_DTYPE if set, else "float32" when float32 copies of ``tensors``
+    take under half the available memory, else "packed"."""
+    if dtype == "auto":
+        dtype = os.environ.get("LLAMA_NP_GGUF_DTYPE", "auto")
+        if dtype not in MODES:
+            raise ValueError(f"LLAMA_NP_GGUF_DTYPE={dtype!r}: use float32 or packed")
+    if dtype != "auto":
+        return dtype
+    n = sum(int(np.prod(_shape(t))) for t in tensors)
+    avail = available_memory()
+    return "float32" if avail and 4 * n < avail / 2 else "packed"
+
+
 def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto"):
     """GGUF file -> (cfg, flat params, tokenizer or None).
 
-    params: {Meta name: float32 array}; nest with ``model.nest(params, cfg)`` before ``forward``.
-    ``dtype``: "auto" or "float32" (quantized weights are always widened to float32 here: NumPy has
-    no fast 4- or 8-bit matrix product, and a model small enough to ship as GGUF fits as float32).
+    params: {Meta name: weight}; nest with ``model.nest(params, cfg)`` before ``forward``.
+    ``dtype``: "auto", "float32" (every weight a float32 array) or "packed" (matrices stay as
+    stored, memory-mapped; see the module docstring). Vectors (norms) are always float32.
     """
-    if dtype not in ("auto", "float32"):
-        raise ValueError(f"GGUF weights load as float32 only (dtype={dtype!r} asked)")
+    if dtype not in MODES:
+        raise ValueError(f"unknown GGUF dtype {dtype!r}: use {', '.join(MODES)}")
     path = os.fspath(path)
     reader = open_reader(path)
     md = read_metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
     cfg = config_from_metadata(md, tensors, path)
+    if "rope_freqs.weight" in tensors:
+        cfg = cfg.replace(rope_scaling={"freq_factors": rope_freq_factors(tensors["rope_freqs.weight"], cfg, path)})
 
     named, declared = {}, {}
     for t in reader.tensors:
         name = meta_name(t.name)
-        if name is None and t.name == "rope_freqs.weight":
-            raise GGUFFormatError(f"{path} stores Llama 3.1 rope scaling as a tensor "
-                                  f"(rope_freqs), which llama_np does not read yet")
-        # What each tensor will be once dequantized, checked before the slow part: float32 of
-        # the declared shape (GGUF lists dimensions fastest first, so reversed), at no cost.
+        if t.name == "rope_freqs.weight":     # read above, into cfg.rope_scaling
+            continue
+        # What each tensor will be once loaded, checked before the slow part: float32 of the
+        # declared shape (GGUF lists dimensions fastest first, so reversed), at no cost.
         shape = tuple(int(d) for d in reversed(t.shape))
         declared[name or t.name] = np.broadcast_to(np.float32(0), shape)
         if name is not None:
@@ -96,16 +142,32 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
         check_tensors(declared, cfg, path, f"its metadata ({cfg.n_layers}-layer Llama)")
     except CheckpointError as e:
         raise GGUFFormatError(str(e)) from None
+    for t in named.values():    # every type, before reading any data
+        _check_type(t)
 
+    mode = choose_mode(named.values(), dtype)
     params = {}
-    bar = show_progress(named.items(), f"dequantizing {os.path.basename(path)}", unit="tensors",
+    verb = "dequantizing" if mode == "float32" else "mapping"
+    bar = show_progress(named.items(), f"{verb} {os.path.basename(path)}", unit="tensors",
                         enabled=None if progress else False)
     for name, t in bar:
-        params[name] = dequantize(t)
-    del reader, tensors, named  # release the memory map
+        params[name] = dequantize(t) if mode == "float32" or len(t.shape) == 1 else packed(t)
+    # float32 mode: nothing refers to the memory map any more, so the file closes here. Packed
+    # weights hold views of it: it stays mapped, and pages are read as the products touch them.
+    del reader, tensors, named
 
     tok = tokenizer_from_metadata(path, md) if tokenizer else None
     return cfg, params, tok
+
+
+def rope_freq_factors(tensor, cfg, path: str = "") -> tuple:
+    """``rope_freqs.weight``: one divisor per rotary pair (head_dim / 2 of them, float32), written by
+    llama.cpp's converter for Llama 3.1 scaling; llama.cpp divides each frequency by its factor."""
+    f = dequantize(tensor).reshape(-1)
+    if f.shape != (cfg.head_dim // 2,) or not np.all(np.isfinite(f)) or np.any(f <= 0):
+        raise GGUFFormatError(f"{path}: rope_freqs.weight should hold {cfg.head_dim // 2} positive factors "
+                              f"(one per rotary pair), found shape {f.shape}")
+    return tuple(float(v) for v in f)
 
 
 def config_from_metadata(md: dict, tensors: dict, path: str = "") -> ModelConfig:

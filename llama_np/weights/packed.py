@@ -143,7 +143,7 @@ class PackedWeight:
         """Scale outputs r0:r1 of ``y`` (T, r1 - r0) by per-row scales (int8); none for 16 bits."""
 
     def _run(self, x: np.ndarray, y: np.ndarray, r0: int, r1: int, block: int) -> None:
-        n_in = self.data.shape[1]
+        n_in = self.shape[1]
         buf = _buffer(block * n_in)
         for a in range(r0, r1, block):
             b = min(a + block, r1)
@@ -156,7 +156,7 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         squeeze = x.ndim == 1
         x2 = x.reshape(-1, x.shape[-1])
-        n_out, n_in = self.data.shape
+        n_out, n_in = self.shape
         if x2.shape[1] != n_in:
             raise ValueError(f"matmul: x has {x2.shape[1]} features, weight {self.shape} expects {n_in}")
         y = np.empty((x2.shape[0], n_out), dtype=np.float32)
@@ -175,7 +175,7 @@ class PackedWeight:
         if self.out_perm is not None:
             raise ValueError("rows() of a row-permuted weight is not supported")
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        n_in = self.data.shape[1]
+        n_in = self.shape[1]
         out = np.empty((len(ids), n_in), dtype=np.float32)
         buf = _buffer(n_in)
         for j, i in enumerate(ids):   # a handful of ids: one row each
@@ -185,7 +185,7 @@ class PackedWeight:
 
     def to_float32(self) -> np.ndarray:
         """The whole matrix as float32, in Meta's row order (tests, GPU upload; 2x the bf16 bytes)."""
-        n_out, n_in = self.data.shape
+        n_out, n_in = self.shape
         w = np.empty((n_out, n_in), dtype=np.float32)
         buf = _buffer(BLOCK_ROWS * n_in)
         for a in range(0, n_out, BLOCK_ROWS):
