@@ -134,6 +134,14 @@ def _check_model(model) -> None:
     from . import assets
     if model is None or model in assets.ASSETS or os.path.exists(os.path.expanduser(model)):
         return
+    if model.startswith("ollama:"):         # reading a manifest is cheap: find it before loading
+        from .weights.errors import CheckpointError
+        from .weights.ollama import resolve
+        try:
+            resolve(model)
+        except CheckpointError as e:
+            raise UsageError(f"--model: {e}") from None
+        return
     known = ", ".join(sorted(assets.ASSETS))
     if os.sep not in model and not os.path.splitext(model)[1]:   # a bare word: a mistyped asset name?
         raise UsageError(f"--model: no file or folder {model!r} and no such asset; known assets: {known}")

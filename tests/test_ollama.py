@@ -102,6 +102,6 @@ def test_missing_blob_and_bad_manifest(store):
 
 def test_cli_one_line(store, capsys):
     from llama_np.cli import main
-    assert main(["generate", "--model", "ollama:nothere", "hello"]) == 1
+    assert main(["generate", "--model", "ollama:nothere", "hello"]) == 2   # found before loading
     err = capsys.readouterr().err
     assert "no Ollama model nothere:latest" in err and err.count("\n") == 1 and "Traceback" not in err
