@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .backend import array_module
+from .config import RopeScaling
 
 
 def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_factor: float,
@@ -38,11 +39,14 @@ def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_facto
     return np.where(wavelen > L / low_freq_factor, inv_freq / factor, out)
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None) -> np.ndarray:
-    """theta_i for each pair: (head_dim // 2,) float64 (computed once, in double precision)."""
+def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: RopeScaling | dict | None = None) -> np.ndarray:
+    """theta_i for each pair: (head_dim // 2,) float64 (computed once, in double precision).
+    ``scaling``: a ``config.RopeScaling`` (or a dict of its fields), None for plain RoPE."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     if scaling:
-        inv_freq = llama3_scale_frequencies(inv_freq, **scaling)
+        s = scaling if isinstance(scaling, RopeScaling) else RopeScaling(**scaling)
+        inv_freq = llama3_scale_frequencies(inv_freq, s.factor, s.low_freq_factor, s.high_freq_factor,
+                                            s.original_max_position_embeddings)
     return inv_freq
 
 
