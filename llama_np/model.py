@@ -108,17 +108,18 @@ def experts_feed_forward(x, layer: dict, cfg, ops=DEFAULT):
     return ops.moe(x, layer, cfg)
 
 
-def layer_functions(cfg, i: int):
-    """(attention, feed_forward) of layer i, from the config alone: a plain Llama layer, Llama 4's
-    attention (NoPE layers, qk-norm, chunks), and experts where the config puts them."""
+def layer_functions(cfg) -> list:
+    """[(attention, feed_forward)] of every layer, from the config alone: a plain Llama layer,
+    Llama 4's attention (NoPE layers, qk-norm, chunks), and experts where the config puts them."""
     attention = llama4.attention_block if cfg.has_llama4_attention else attention_block
-    return attention, experts_feed_forward if is_moe_layer(cfg, i) else feed_forward
+    return [(attention, experts_feed_forward if is_moe_layer(cfg, i) else feed_forward) for i in range(cfg.n_layers)]
 
 
 def transformer_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=None, layer_idx: int = 0,
-                      ops=DEFAULT, last_only: bool = False):
-    """Meta's ``TransformerBlock.forward``: x (T, dim) -> (T, dim), or (1, dim) if ``last_only``."""
-    attention, ffn = layer_functions(cfg, layer_idx)
+                      ops=DEFAULT, last_only: bool = False, functions=(attention_block, feed_forward)):
+    """Meta's ``TransformerBlock.forward``: x (T, dim) -> (T, dim), or (1, dim) if ``last_only``.
+    ``functions``: this layer's (attention, feed_forward), from ``layer_functions``."""
+    attention, ffn = functions
     h = x + attention(ops.rms_norm(x, layer["attention_norm"], cfg.norm_eps), layer, cfg,
                       cos, sin, start_pos, cache, layer_idx, ops)
     if last_only:
@@ -148,8 +149,8 @@ def forward(params: dict, cfg, tokens, start_pos: int = 0, cache=None, last_only
     inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)   # head_dim/2 numbers: cheap
     cos, sin = rope_angles(inv_freq, np.arange(start_pos, start_pos + T), xp)
     n = len(params["layers"])
-    for i, layer in enumerate(params["layers"]):
-        x = transformer_block(x, layer, cfg, cos, sin, start_pos, cache, i, ops, last_only and i == n - 1)
+    for i, (layer, functions) in enumerate(zip(params["layers"], layer_functions(cfg))):
+        x = transformer_block(x, layer, cfg, cos, sin, start_pos, cache, i, ops, last_only and i == n - 1, functions)
     if last_only:
         x = x[-1:]
     return linear(ops.rms_norm(x, params["norm"], cfg.norm_eps), params["output"])
