@@ -108,11 +108,13 @@ def experts_feed_forward(x, layer: dict, cfg, ops=DEFAULT):
     return ops.moe(x, layer, cfg)
 
 
-def layer_functions(cfg) -> list:
-    """[(attention, feed_forward)] of every layer, from the config alone: a plain Llama layer,
-    Llama 4's attention (NoPE layers, qk-norm, chunks), and experts where the config puts them."""
+def layer_functions(cfg, n_layers: int | None = None) -> list:
+    """[(attention, feed_forward)] of each layer (cfg.n_layers of them unless given), from the
+    config alone: a plain Llama layer, Llama 4's attention (NoPE layers, qk-norm, chunks), and
+    experts where the config puts them."""
     attention = llama4.attention_block if cfg.has_llama4_attention else attention_block
-    return [(attention, experts_feed_forward if is_moe_layer(cfg, i) else feed_forward) for i in range(cfg.n_layers)]
+    n = cfg.n_layers if n_layers is None else n_layers
+    return [(attention, experts_feed_forward if is_moe_layer(cfg, i) else feed_forward) for i in range(n)]
 
 
 def transformer_block(x, layer: dict, cfg, cos, sin, start_pos: int = 0, cache=None, layer_idx: int = 0,
@@ -149,7 +151,7 @@ def forward(params: dict, cfg, tokens, start_pos: int = 0, cache=None, last_only
     inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)   # head_dim/2 numbers: cheap
     cos, sin = rope_angles(inv_freq, np.arange(start_pos, start_pos + T), xp)
     n = len(params["layers"])
-    for i, (layer, functions) in enumerate(zip(params["layers"], layer_functions(cfg))):
+    for i, (layer, functions) in enumerate(zip(params["layers"], layer_functions(cfg, n))):
         x = transformer_block(x, layer, cfg, cos, sin, start_pos, cache, i, ops, last_only and i == n - 1, functions)
     if last_only:
         x = x[-1:]
