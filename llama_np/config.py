@@ -8,8 +8,7 @@ Names follow Meta's ``model.py`` (``dim``, ``n_heads``, ``n_kv_heads``, ``rope_t
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 def ffn_hidden_size(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
@@ -25,6 +24,58 @@ def ffn_hidden_size(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float 
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1's "llama3" RoPE frequency scaling (``rope.llama3_scale_frequencies``): a model
+    trained at ``original_max_position_embeddings`` positions reads ``factor`` times more."""
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+    # GGUF's form of the same scaling (llama.cpp's converter writes it as the ``rope_freqs``
+    # tensor): one divisor per rotary pair, already computed. When set, it alone is used.
+    freq_factors: tuple | None = None
+
+    def __post_init__(self):
+        if self.freq_factors is not None:
+            object.__setattr__(self, "freq_factors", tuple(float(f) for f in self.freq_factors))
+
+
+@dataclass(frozen=True)
+class MoE:
+    """How a mixture-of-experts model routes (moe.py). The expert count and top-k are
+    ``ModelConfig.n_experts`` / ``n_experts_per_tok``."""
+    kind: str = "mixtral"             # the routing rule: "mixtral" or "llama4"
+    expert_dim: int | None = None     # each expert's FFN width; None: the config's hidden_dim
+    layers: tuple | None = None       # indices of the MoE layers; None: every layer
+    shared_expert: bool | None = None  # a shared expert every token goes through; None: llama4 has one
+
+    def __post_init__(self):
+        if self.kind not in ("mixtral", "llama4"):
+            raise ValueError(f"unknown MoE routing {self.kind!r} (mixtral, llama4)")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if self.shared_expert is None:
+            object.__setattr__(self, "shared_expert", self.kind == "llama4")
+
+
+@dataclass(frozen=True)
+class AttnTemperature:
+    """Llama 4's query scale on NoPE layers (``llama4.attn_temperature``)."""
+    floor_scale: float = 8192.0
+    attn_scale: float = 0.1
+
+
+def _typed(cls, value):
+    """A settings dataclass from itself, a dict of its fields, or None (dicts are accepted so that
+    configs can be written out as plain keyword arguments)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__}, a dict of its fields or None; got {type(value).__name__}")
+
+
 @dataclass
 class ModelConfig:
     dim: int = 4096                 # width of the residual stream
@@ -35,25 +86,21 @@ class ModelConfig:
     hidden_dim: int = 11008         # FFN width (w1/w3 out, w2 in)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    # Llama 3.1 "llama3" frequency scaling: {"factor", "low_freq_factor", "high_freq_factor",
-    # "original_max_position_embeddings"}; None for plain RoPE.
-    rope_scaling: dict | None = None
+    rope_scaling: RopeScaling | None = None   # Llama 3.1 "llama3" frequency scaling; None: plain RoPE
     tie_embeddings: bool = False    # output head shares tok_embeddings (Llama 3.2 1B/3B, SmolLM2)
     max_seq_len: int = 4096         # context length the model was trained for
     head_dim: int | None = None     # None means dim // n_heads
-    # Mixture of experts (Mixtral / Llama 4); n_experts == 0 means a dense model. ``moe``:
-    # "kind" ("mixtral" | "llama4": the routing rule), "expert_dim" (each expert's FFN width),
-    # "layers" (indices of the MoE layers; absent = all), "shared_expert" (bool). See moe.py.
+    # Mixture of experts (Mixtral / Llama 4); n_experts == 0 means a dense model (moe None).
     n_experts: int = 0
     n_experts_per_tok: int = 0
-    moe: dict = field(default_factory=dict)
-    # Llama 4 attention (defaults = Llama 1-3): rope_layers[i] = 0 makes layer i a "NoPE" layer
-    # (no RoPE; None = RoPE everywhere); qk_norm RMS-normalises q and k (no gain) on RoPE layers;
-    # attn_temperature {"floor_scale", "attn_scale"} scales NoPE queries up with position;
-    # attention_chunk_size makes RoPE layers attend only within their chunk of positions.
+    moe: MoE | None = None
+    # Llama 4 attention (defaults = Llama 1-3; see llama4.py): rope_layers[i] = 0 makes layer i
+    # a "NoPE" layer (None: RoPE everywhere); qk_norm RMS-normalises q and k (no gain) on RoPE
+    # layers; attn_temperature scales NoPE queries up with position; attention_chunk_size makes
+    # RoPE layers attend only within their chunk of positions.
     rope_layers: list | None = None
     qk_norm: bool = False
-    attn_temperature: dict | None = None
+    attn_temperature: AttnTemperature | None = None
     attention_chunk_size: int | None = None
 
     def __post_init__(self):
@@ -65,6 +112,26 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        # Every default of the settings below is decided here, once.
+        self.rope_scaling = _typed(RopeScaling, self.rope_scaling)
+        self.attn_temperature = _typed(AttnTemperature, self.attn_temperature)
+        moe = _typed(MoE, self.moe or None)
+        if moe is None and self.n_experts:
+            moe = MoE()
+        if moe is not None and moe.expert_dim is None:
+            moe = replace(moe, expert_dim=self.hidden_dim)
+        self.moe = moe if self.n_experts else None
+
+    @property
+    def has_llama4_attention(self) -> bool:
+        """Does any layer attend the Llama 4 way (NoPE layers, qk-norm, chunks)? See llama4.py."""
+        return (self.rope_layers is not None or self.qk_norm or self.attn_temperature is not None
+                or bool(self.attention_chunk_size))
+
+    @property
+    def is_dense_llama(self) -> bool:
+        """A plain dense Llama (1, 2, 3): RoPE on every layer, no qk-norm, full attention, no experts."""
+        return not self.has_llama4_attention and not self.n_experts
 
     @property
     def n_rep(self) -> int:
@@ -94,8 +161,7 @@ class ModelConfig:
             # params.json files carry "rope_scaling_factor" themselves.
             llama32 = params.get("vocab_size") == 128256 and dim in (2048, 3072)
             factor = params.get("rope_scaling_factor") or (32.0 if llama32 else 8.0)
-            scaling = {"factor": float(factor), "low_freq_factor": 1.0,
-                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+            scaling = RopeScaling(factor=float(factor))     # Llama 3.1's other settings are the defaults
         theta = float(params.get("rope_theta", 10000.0))
         return cls(dim=dim, n_layers=params["n_layers"], n_heads=params["n_heads"],
                    n_kv_heads=params.get("n_kv_heads"), vocab_size=vs, hidden_dim=hidden,
@@ -115,20 +181,20 @@ class ModelConfig:
         rtype = rp.get("rope_type", rp.get("type"))
         scaling = None
         if rtype == "llama3":
-            scaling = {k: float(rp[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")}
-            scaling["original_max_position_embeddings"] = int(rp["original_max_position_embeddings"])
+            scaling = RopeScaling(**{k: float(rp[k]) for k in ("factor", "low_freq_factor", "high_freq_factor")},
+                                  original_max_position_embeddings=int(rp["original_max_position_embeddings"]))
         elif rtype not in (None, "default"):
             raise ValueError(f"unsupported rope scaling type {rtype!r}")
         n_heads = cfg["num_attention_heads"]
         n_experts = int(cfg.get("num_local_experts", 0) or 0)
-        hidden, moe, extra = cfg["intermediate_size"], {}, {}
+        hidden, moe, extra = cfg["intermediate_size"], None, {}
         kind = str(cfg.get("model_type") or "mixtral")
         if kind.startswith("llama4"):
             hidden, moe, extra = _llama4_fields(cfg)
         elif n_experts:
             if kind != "mixtral":
                 raise ValueError(f"unsupported mixture-of-experts model_type {kind!r} (mixtral, llama4)")
-            moe = {"kind": "mixtral", "expert_dim": hidden, "shared_expert": False}
+            moe = MoE(kind="mixtral", expert_dim=hidden, shared_expert=False)
         return cls(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
                    n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
                    hidden_dim=hidden, norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
@@ -173,16 +239,15 @@ def _llama4_fields(cfg: dict):
     step = int(cfg.get("interleave_moe_layer_step", 1))
     layers = cfg.get("moe_layers")
     layers = list(range(step - 1, n, step)) if layers is None else [int(i) for i in layers]
-    moe = {"kind": "llama4", "expert_dim": int(cfg["intermediate_size"]), "layers": layers,
-           "shared_expert": True}
+    moe = MoE(kind="llama4", expert_dim=int(cfg["intermediate_size"]), layers=layers, shared_expert=True)
     # "no_rope_layers" is a list of flags where 1 means *use* RoPE; by default every 4th layer is NoPE.
     interval = int(cfg.get("no_rope_layer_interval", 4))
     rope_layers = [int(f) for f in (cfg.get("no_rope_layers") or
                                     [int((i + 1) % interval != 0) for i in range(n)])]
     temperature = None
     if cfg.get("attn_temperature_tuning", True):
-        temperature = {"floor_scale": float(cfg.get("floor_scale", 8192)),
-                       "attn_scale": float(cfg.get("attn_scale", 0.1))}
+        temperature = AttnTemperature(floor_scale=float(cfg.get("floor_scale", AttnTemperature.floor_scale)),
+                                      attn_scale=float(cfg.get("attn_scale", AttnTemperature.attn_scale)))
     chunk = cfg.get("attention_chunk_size", 8192)
     extra = {"rope_layers": rope_layers, "qk_norm": bool(cfg.get("use_qk_norm", True)),
              "attn_temperature": temperature, "attention_chunk_size": int(chunk) if chunk else None}

@@ -236,8 +236,8 @@ def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
     kind = {"bf16": "bf16", "fp16": "f16", "f16": "f16", "float32": "f32", "f32": "f32"}.get(dtype)
     if kind is None:
         raise ValueError(f"unknown GPU weight dtype {dtype!r}: use bf16, fp16 or float32")
-    if cfg.n_experts:
-        raise ValueError("the GPU path supports dense Llama models only (no mixture of experts)")
+    if not cfg.is_dense_llama:
+        raise ValueError("the GPU path supports plain dense Llama models only (no experts, no Llama 4 attention)")
     flat = flatten(params)
 
     def stored(name):     # converted one tensor at a time: never a second host copy of the model
@@ -285,7 +285,7 @@ class Decoder:
 
     def __init__(self, params, cfg, max_len: int, graph: bool = True):
         cp = _cp()
-        if cfg.rope_layers is not None or cfg.qk_norm or cfg.attention_chunk_size or cfg.n_experts:
+        if not cfg.is_dense_llama:
             raise ValueError("Decoder supports plain Llama models (Llama 2/3); use generate() for others")
         hd = cfg.head_dim
         if hd % 4 or hd // 4 > 32 or BLOCK % (hd // 4):

@@ -8,12 +8,27 @@ as 32 GB of float32.
 """
 from __future__ import annotations
 
+from .weights.fuse import stack_of
+
 
 def linear(x, w):
     """x: (T, in) float32, w: (out, in) -> (T, out) float32."""
     if getattr(w, "is_packed", False):
         return w.matmul(x)
     return x @ w.T
+
+
+def linear_parts(x, *ws):
+    """[linear(x, w) for w in ws], as one product when the ws are the consecutive row blocks of
+    one stacked matrix (``weights.fuse`` stacks wq|wk|wv and w1|w3 so), split back by columns."""
+    stacked = stack_of(ws)
+    if stacked is None:
+        return [linear(x, w) for w in ws]
+    y, start, out = linear(x, stacked), 0, []
+    for w in ws:
+        out.append(y[:, start:start + w.shape[0]])
+        start += w.shape[0]
+    return out
 
 
 def embed(tokens, w):

@@ -46,7 +46,7 @@ from .linear import linear
 # ----------------------------------------------------------------------------- config
 def moe_kind(cfg) -> str:
     """'mixtral' or 'llama4': which routing rule the layers use."""
-    return cfg.moe.get("kind", "mixtral")
+    return cfg.moe.kind
 
 
 def is_moe_layer(cfg, i: int) -> bool:
@@ -54,8 +54,7 @@ def is_moe_layer(cfg, i: int) -> bool:
     layer, Maverick in every second one (``interleave_moe_layer_step``), the rest dense."""
     if not cfg.n_experts:
         return False
-    layers = cfg.moe.get("layers")
-    return layers is None or i in layers
+    return cfg.moe.layers is None or i in cfg.moe.layers
 
 
 def moe_param_shapes(cfg, i: int | None = None) -> dict:
@@ -63,9 +62,9 @@ def moe_param_shapes(cfg, i: int | None = None) -> dict:
     With ``i`` None, those of any MoE layer (they are all alike)."""
     if i is not None and not is_moe_layer(cfg, i):
         return {}
-    E, D, F = cfg.n_experts, cfg.dim, cfg.moe.get("expert_dim", cfg.hidden_dim)
+    E, D, F = cfg.n_experts, cfg.dim, cfg.moe.expert_dim
     shapes = {"router": (E, D), "experts_w1": (E, F, D), "experts_w2": (E, D, F), "experts_w3": (E, F, D)}
-    if cfg.moe.get("shared_expert", moe_kind(cfg) == "llama4"):
+    if cfg.moe.shared_expert:
         shapes.update({"shared_w1": (F, D), "shared_w2": (D, F), "shared_w3": (F, D)})
     return shapes
 

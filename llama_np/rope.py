@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .backend import array_module
+from .config import RopeScaling
 
 
 def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_factor: float,
@@ -38,17 +39,19 @@ def llama3_scale_frequencies(inv_freq: np.ndarray, factor: float, low_freq_facto
     return np.where(wavelen > L / low_freq_factor, inv_freq / factor, out)
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None) -> np.ndarray:
+def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: RopeScaling | dict | None = None) -> np.ndarray:
     """theta_i for each pair: (head_dim // 2,) float64 (computed once, in double precision).
 
-    ``scaling``: Llama 3.1's parameters (``llama3_scale_frequencies``), or ``{"freq_factors": f}``,
-    the same scaling as GGUF files store it (``rope_freqs.weight``): theta_i / f_i, as llama.cpp does.
-    """
+    ``scaling``: a ``config.RopeScaling`` (or a dict of its fields), None for plain RoPE. Llama
+    3.1's parameters go through ``llama3_scale_frequencies``; ``freq_factors``, the same scaling as
+    GGUF files store it (``rope_freqs.weight``), divides each theta_i by its factor, as llama.cpp does."""
     inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    if scaling and "freq_factors" in scaling:
-        return inv_freq / np.asarray(scaling["freq_factors"], dtype=np.float64)
     if scaling:
-        inv_freq = llama3_scale_frequencies(inv_freq, **scaling)
+        s = scaling if isinstance(scaling, RopeScaling) else RopeScaling(**scaling)
+        if s.freq_factors is not None:
+            return inv_freq / np.asarray(s.freq_factors, dtype=np.float64)
+        inv_freq = llama3_scale_frequencies(inv_freq, s.factor, s.low_freq_factor, s.high_freq_factor,
+                                            s.original_max_position_embeddings)
     return inv_freq
 
 

@@ -11,6 +11,7 @@ loaders) also serve course/fixtures/make_09_real_weights.py and benchmarks/real_
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def hf_config(spec: dict, cfg: ModelConfig, tie: bool = False) -> dict:
            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
            "bos_token_id": 1, "eos_token_id": 2}
     if cfg.rope_scaling:
-        out["rope_scaling"] = {"rope_type": "llama3", **cfg.rope_scaling}
+        out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(cfg.rope_scaling)}
     return out
 
 

@@ -23,7 +23,7 @@ def test_from_meta_params_llama3_8b():
          "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True, "vocab_size": 128256}
     c = ModelConfig.from_meta_params(p)
     assert (c.hidden_dim, c.n_rep, c.head_dim, c.vocab_size) == (14336, 4, 128, 128256)
-    assert c.rope_scaling["factor"] == 8.0 and c.rope_theta == 500000.0
+    assert c.rope_scaling.factor == 8.0 and c.rope_theta == 500000.0
 
 
 def test_from_meta_params_llama32_rope_factor():
@@ -31,9 +31,9 @@ def test_from_meta_params_llama32_rope_factor():
     transformers' converter for llama_version 3.2); an explicit rope_scaling_factor wins."""
     p = {"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8,
          "n_layers": 16, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True, "vocab_size": 128256}
-    assert ModelConfig.from_meta_params(p).rope_scaling["factor"] == 32.0
-    assert ModelConfig.from_meta_params({**p, "dim": 3072, "n_heads": 24, "n_layers": 28}).rope_scaling["factor"] == 32.0
-    assert ModelConfig.from_meta_params({**p, "rope_scaling_factor": 16.0}).rope_scaling["factor"] == 16.0
+    assert ModelConfig.from_meta_params(p).rope_scaling.factor == 32.0
+    assert ModelConfig.from_meta_params({**p, "dim": 3072, "n_heads": 24, "n_layers": 28}).rope_scaling.factor == 32.0
+    assert ModelConfig.from_meta_params({**p, "rope_scaling_factor": 16.0}).rope_scaling.factor == 16.0
 
 
 def test_from_meta_params_llama2_needs_vocab():
@@ -52,7 +52,7 @@ def test_from_hf_config_llama32_1b():
            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
                             "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
     c = ModelConfig.from_hf_config(cfg)
-    assert c.tie_embeddings and c.rope_scaling["factor"] == 32.0 and c.head_dim == 64
+    assert c.tie_embeddings and c.rope_scaling.factor == 32.0 and c.head_dim == 64
     # transformers v5 spelling: rope_parameters carries rope_theta too
     cfg5 = dict(cfg)
     cfg5.pop("rope_theta")

@@ -239,7 +239,7 @@ def test_rope_freqs_tensor(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", plain, make_weights("llama31_scaled"),
                       extra={"rope_freqs.weight": factors})
     cfg2, params, _ = load(path, progress=False)
-    assert cfg2.rope_scaling == {"freq_factors": tuple(float(f) for f in factors)}
+    assert cfg2.rope_scaling.freq_factors == tuple(float(f) for f in factors)
     fx = np.load(TINY / "llama31_scaled.npz")               # 320 positions, past the "original" 64
     logits = forward(nest(params, cfg2), cfg2, fx["ids"])
     # The factors are float32 (llama.cpp's) where transformers computes them in float64:

@@ -90,7 +90,7 @@ def test_llama31_converted_by_llamacpp():
     from course.fixtures.tiny.configs import config as tiny_config
     from course.fixtures.tiny.make_fixtures import HERE as TINY
     cfg, params, tok = load(mf.CONVERTED, progress=False)
-    assert "freq_factors" in cfg.rope_scaling and tok is not None
+    assert cfg.rope_scaling.freq_factors is not None and tok is not None
     want = tiny_config("llama31_scaled")
     for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "head_dim"):
         assert getattr(cfg, k) == getattr(want, k), k

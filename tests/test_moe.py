@@ -8,13 +8,14 @@ loader tests read checkpoints that transformers itself wrote with ``save_pretrai
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 
 from llama_np import moe
-from llama_np.config import ModelConfig
+from llama_np.config import AttnTemperature, ModelConfig, MoE
 from llama_np.model import forward, nest, param_shapes, random_params
 from llama_np.kv_cache import new_cache
 from course.fixtures.moe import make_fixtures
@@ -113,8 +114,8 @@ def test_each_feature_matters():
     """Switching off any one Mixtral/Llama 4 feature must break the match with transformers, or
     the tests above would not prove that feature is right."""
     cases = [
-        ("mixtral_e8_k2", lambda c: c.replace(moe={**c.moe, "kind": "llama4"})),       # routing rule
-        ("llama4_e6_k2_noshared", lambda c: c.replace(moe={**c.moe, "kind": "mixtral"})),
+        ("mixtral_e8_k2", lambda c: c.replace(moe=dataclasses.replace(c.moe, kind="llama4"))),       # routing rule
+        ("llama4_e6_k2_noshared", lambda c: c.replace(moe=dataclasses.replace(c.moe, kind="mixtral"))),
         ("llama4_scout", lambda c: c.replace(rope_layers=None)),                       # NoPE layer
         ("llama4_scout", lambda c: c.replace(qk_norm=False)),                          # qk-norm
         ("llama4_scout", lambda c: c.replace(attention_chunk_size=None)),              # chunked attention
@@ -291,7 +292,7 @@ MAVERICK_TEXT = {**SCOUT_TEXT, "num_local_experts": 128, "interleave_moe_layer_s
 
 def test_config_mixtral_8x7b_and_its_size():
     cfg = ModelConfig.from_hf_config(MIXTRAL_8X7B)
-    assert (cfg.n_experts, cfg.n_experts_per_tok, cfg.moe["kind"], cfg.moe["expert_dim"]) == (8, 2, "mixtral", 14336)
+    assert (cfg.n_experts, cfg.n_experts_per_tok, cfg.moe.kind, cfg.moe.expert_dim) == (8, 2, "mixtral", 14336)
     assert all(moe.is_moe_layer(cfg, i) for i in range(32)) and cfg.rope_layers is None
     total, active = moe.param_counts(cfg)
     # Mistral's announcement: 46.7B total parameters, 12.9B used per token.
@@ -300,13 +301,13 @@ def test_config_mixtral_8x7b_and_its_size():
 
 def test_config_llama4_scout_and_maverick_sizes():
     scout = ModelConfig.from_hf_config({"model_type": "llama4", "text_config": SCOUT_TEXT})
-    assert scout.moe == {"kind": "llama4", "expert_dim": 8192, "layers": list(range(48)), "shared_expert": True}
+    assert scout.moe == MoE(kind="llama4", expert_dim=8192, layers=tuple(range(48)), shared_expert=True)
     assert scout.hidden_dim == 16384 and scout.qk_norm and scout.attention_chunk_size == 8192
     assert scout.rope_layers[:8] == [1, 1, 1, 0, 1, 1, 1, 0]          # every 4th layer NoPE
-    assert scout.attn_temperature == {"floor_scale": 8192.0, "attn_scale": 0.1}
-    assert scout.rope_scaling["factor"] == 16.0
+    assert scout.attn_temperature == AttnTemperature(floor_scale=8192.0, attn_scale=0.1)
+    assert scout.rope_scaling.factor == 16.0
     maverick = ModelConfig.from_hf_config({"model_type": "llama4", "text_config": MAVERICK_TEXT})
-    assert maverick.moe["layers"] == list(range(1, 48, 2)) and not maverick.qk_norm
+    assert maverick.moe.layers == tuple(range(1, 48, 2)) and not maverick.qk_norm
     # Meta's model cards: Scout 17B active / 109B total, Maverick 17B active / 400B total (both
     # with the ~1B vision encoder, which a text model leaves out).
     s_total, s_active = moe.param_counts(scout)
@@ -355,7 +356,7 @@ def test_hf_loader_reads_mixtral_save_pretrained(tmp_path):
     model.save_pretrained(tmp_path / "f32")
     assert "model.layers.0.block_sparse_moe.experts.7.w3.weight" in st.load(tmp_path / "f32" / "model.safetensors")
     cfg, p = _hf_forward(tmp_path / "f32")
-    assert cfg.moe["kind"] == "mixtral" and cfg.n_experts == 8
+    assert cfg.moe.kind == "mixtral" and cfg.n_experts == 8
     assert np.abs(forward(p, cfg, fx["ids"]) - fx["logits"]).max() <= ATOL
     # bf16 on disk, kept 16-bit in memory: each expert a packed matrix. Reference: transformers
     # reading the same bf16 file, computing in float32 (bf16 -> float32 is exact on both sides).
@@ -394,7 +395,7 @@ def test_hf_loader_reads_llama4_save_pretrained(tmp_path, dtype):
     fx = load("llama4_maverick")
     make_fixtures.hf_model("llama4_maverick").save_pretrained(tmp_path)
     cfg, p = _hf_forward(tmp_path, dtype)
-    assert cfg.moe["layers"] == [1, 3] and cfg.hidden_dim == 160 and cfg.rope_layers == [1, 1, 1, 0]
+    assert cfg.moe.layers == (1, 3) and cfg.hidden_dim == 160 and cfg.rope_layers == [1, 1, 1, 0]
     assert np.abs(forward(p, cfg, fx["ids"]) - fx["logits"]).max() <= ATOL
     assert np.abs(decode(p, cfg, fx["ids"]) - fx["decode_logits"]).max() <= ATOL
 

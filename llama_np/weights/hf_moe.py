@@ -63,7 +63,7 @@ def convert(tensors: dict, cfg) -> tuple[dict, dict]:
     permutations for ``build_params``). Raises CheckpointError for an expert set with holes."""
     from .hf import meta_name, qk_perms   # (hf imports this module lazily; avoid a cycle)
 
-    kind = cfg.moe.get("kind", "mixtral")
+    kind = cfg.moe.kind
     out, per_expert = {}, {}              # per_expert[(layer, "w1")][e] = (F, D) raw
     for key, arr in tensors.items():
         if key in ("tok_embeddings", "norm", "output") or key.startswith("layers."):

@@ -1,0 +1,119 @@
+"""Every lesson's payoff cell runs the learner's function inside the model, and fails with a wrong one.
+
+Each payoff cell is executed here from the solution notebook, with the learner's functions
+replaced by (a) the library's own wrapped in a call counter and (b) a deliberately wrong one.
+(a) must pass the cell's checks and be called on every layer; (b) must make the checks fail.
+So a refactor that stops calling the learner's function (the check then passing on the
+library's own numbers) fails here.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llama_np
+from course.checkers import check_close, check_dtype, check_equal
+from llama_np import attention, ffn, moe, norm, rope
+from llama_np.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOLLM2_LAYERS = 30
+
+
+def cell(lesson: str, cell_id: str) -> str:
+    nb = json.loads((ROOT / "solutions" / f"{lesson}.ipynb").read_text(encoding="utf-8"))
+    found = [c for c in nb["cells"] if c.get("id") == cell_id]
+    assert found, f"{lesson}: no cell {cell_id} (payoff cell moved? update PAYOFFS)"
+    return "".join(found[0]["source"])
+
+
+class Counted:
+    """fn, counting its calls."""
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kw):
+        self.calls += 1
+        return self.fn(*args, **kw)
+
+
+def run(lesson: str, cell_ids, learner: dict) -> dict:
+    """Execute the cells in a namespace holding the learner's functions and the notebook basics."""
+    ns = {"np": np, "math": math, "llama_np": llama_np, "ROOT": ROOT, "check_close": check_close,
+          "check_dtype": check_dtype, "check_equal": check_equal, **learner}
+    for cid in cell_ids:
+        exec(compile(cell(lesson, cid), f"{lesson}:{cid}", "exec"), ns)
+    return ns
+
+
+def causal(q, k, v):
+    """The learner's attention of lessons 04/05: no start_pos, keys = queries + earlier ones."""
+    return attention.attention(q, k, v, k.shape[1] - q.shape[1])
+
+
+def learner_route(x, router, k, kind="mixtral"):
+    return moe.route(x @ router.T, k, kind)
+
+
+def learner_moe_layer(x, layer, k, kind="mixtral"):
+    cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
+                      moe={"kind": kind})
+    return moe.moe_forward(x, layer, cfg)
+
+
+# lesson: (payoff cells, {learner's name: (right function, wrong function)}, calls expected of each)
+PAYOFFS = {
+    "02_rmsnorm": (["c25"], {"rms_norm": (norm.rms_norm,
+                                          lambda x, w, eps: norm.rms_norm(x, np.ones_like(w), eps))},  # no gain
+                   2 * SMOLLM2_LAYERS + 1),
+    "03_rope": (["c31"], {"apply_rope": (rope.apply_rope,
+                                         lambda x, cos, sin: rope.apply_rope(x, cos, -sin)),          # turns backwards
+                          "rope_frequencies": (lambda d, theta: rope.rope_frequencies(d, theta),
+                                               lambda d, theta: rope.rope_frequencies(d, 10 * theta)),
+                          "llama3_scale_frequencies": (rope.llama3_scale_frequencies,) * 2},
+                1),       # rope_frequencies once a forward pass, apply_rope 2 per layer
+    "04_attention": (["c32"], {"multi_head_attention": (causal,
+                                                        lambda q, k, v: causal(q * math.sqrt(q.shape[-1]), k, v))},
+                     SMOLLM2_LAYERS),                                                             # no 1/sqrt(d)
+    "05_gqa": (["c25"], {"gqa_attention_grouped": (causal,
+                                                   lambda q, k, v: causal(q, k[::-1].copy(), v[::-1].copy()))},
+               SMOLLM2_LAYERS),                                                                   # wrong grouping
+    "06_swiglu": (["c24"], {"swiglu": (ffn.swiglu, lambda x, w1, w2, w3: ffn.swiglu(x, w3, w2, w1))},
+                  SMOLLM2_LAYERS),                                                                # gate <-> up
+    "10_moe_router": (["c17", "c18"], {"route": (learner_route, learner_route),
+                                       "moe_layer": (learner_moe_layer,
+                                                     lambda x, layer, k, kind: learner_moe_layer(
+                                                         x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral")))},
+                      2 + 4),                                                           # MoE layers of the two models
+}
+
+
+@pytest.mark.parametrize("lesson", sorted(PAYOFFS))
+def test_payoff_calls_the_learners_functions(lesson):
+    cells, fns, at_least = PAYOFFS[lesson]
+    counted = {name: Counted(right) for name, (right, *_) in fns.items()}
+    run(lesson, cells, counted)
+    for name, c in counted.items():
+        if name != "llama3_scale_frequencies":     # SmolLM2 has no rope scaling: never needed
+            assert c.calls >= at_least, f"{lesson}: the learner's {name} was called {c.calls} times"
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")      # a wrong norm lets activations blow up
+@pytest.mark.parametrize("lesson", sorted(PAYOFFS))
+def test_payoff_fails_with_a_wrong_function(lesson):
+    cells, fns, _ = PAYOFFS[lesson]
+    for name, (right, wrong) in fns.items():
+        if wrong is right:
+            continue
+        learner = {n: (wrong if n == name else r) for n, (r, _) in fns.items()}
+        with pytest.raises(AssertionError):
+            run(lesson, cells, learner)
+
+
+def test_lesson_02_spy_sees_every_norm():
+    ns = run("02_rmsnorm", ["c04"], {})
+    assert ns["acts"].shape[0] == 2 * SMOLLM2_LAYERS + 1
