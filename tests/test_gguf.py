@@ -233,7 +233,9 @@ def llama3_rope_factors(head_dim, theta, factor, low_freq_factor, high_freq_fact
 def test_rope_freqs_tensor(tmp_path):
     """Llama 3.1 scaling as a rope_freqs tensor == transformers with the scaling in its config."""
     cfg = config("llama31_scaled")
-    factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta, **cfg.rope_scaling)
+    rs = cfg.rope_scaling
+    factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta, rs.factor, rs.low_freq_factor,
+                                  rs.high_freq_factor, rs.original_max_position_embeddings)
     assert ((factors > 1) & (factors < 8)).any()             # the blended band is exercised
     plain = cfg.replace(rope_scaling=None)                  # the file's metadata has no scaling
     path = write_gguf(tmp_path / "m.gguf", plain, make_weights("llama31_scaled"),

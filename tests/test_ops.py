@@ -11,7 +11,7 @@ from llama_np.config import ModelConfig
 from llama_np.linear import linear_parts
 from llama_np.model import flatten, forward, nest, random_params
 from llama_np.weights.fuse import RowSlice, fuse, stack_of
-from tests.fixtures.moe.configs import config as moe_config, make_weights
+from course.fixtures.moe.configs import config as moe_config, make_weights
 
 CFG = ModelConfig(dim=32, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=40, hidden_dim=48, max_seq_len=32)
 IDS = [3, 1, 4, 1, 5, 9, 2, 6]

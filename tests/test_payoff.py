@@ -43,7 +43,8 @@ class Counted:
 
 def run(lesson: str, cell_ids, learner: dict) -> dict:
     """Execute the cells in a namespace holding the learner's functions and the notebook basics."""
-    ns = {"np": np, "math": math, "llama_np": llama_np, "ROOT": ROOT, "check_close": check_close,
+    import course
+    ns = {"np": np, "math": math, "llama_np": llama_np, "course": course, "check_close": check_close,
           "check_dtype": check_dtype, "check_equal": check_equal, **learner}
     for cid in cell_ids:
         exec(compile(cell(lesson, cid), f"{lesson}:{cid}", "exec"), ns)
