@@ -14,7 +14,7 @@ import numpy as np
 from .attention import attention
 from .backend import array_module
 from .ffn import silu, swiglu
-from .linear import embed, linear
+from .linear import embed, linear, stacked_view
 from .moe import is_moe_layer, moe_param_shapes
 from .norm import rms_norm
 from .rope import apply_rope, rope_angles, rope_frequencies
@@ -99,7 +99,9 @@ def fuse(flat: dict, cfg) -> dict:
             if any(w is None or getattr(w, "is_packed", False) for w in ws):
                 continue
             xp = array_module(ws[0])
-            stacked = xp.concatenate([xp.asarray(w, dtype=xp.float32) for w in ws], axis=0)
+            stacked = stacked_view(ws)     # already side by side (the weight cache): no copy
+            if stacked is None:
+                stacked = xp.concatenate([xp.asarray(w, dtype=xp.float32) for w in ws], axis=0)
             flat[p + fused] = stacked
             start = 0
             for n, w in zip(parts, ws):

@@ -70,10 +70,30 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
     params: {Meta name: float32 array}; nest with ``model.nest(params, cfg)`` before ``forward``.
     ``dtype``: "auto" or "float32" (quantized weights are always widened to float32 here: NumPy has
     no fast 4- or 8-bit matrix product, and a model small enough to ship as GGUF fits as float32).
+    The first load of a large file also writes the result to the weight cache (``cache.py``); later
+    loads map it from there and never open the GGUF reader.
     """
+    from . import cache
     if dtype not in ("auto", "float32"):
         raise ValueError(f"GGUF weights load as float32 only (dtype={dtype!r} asked)")
     path = os.fspath(path)
+    use_cache = os.path.isfile(path) and cache.enabled(path)
+    hit = cache.load(path, quiet=not progress) if use_cache else None
+    if hit is not None:
+        md, params = hit
+        cfg = _config(md, params["tok_embeddings"].shape[0], "output" not in params, path)
+        if {k: v.shape for k, v in params.items()} == param_shapes(cfg):
+            tok = tokenizer_from_metadata(path, md) if tokenizer else None
+            return cfg, params, tok
+    md, cfg, params = read(path, progress)
+    if use_cache:
+        cache.store(path, md, params, quiet=not progress)
+    tok = tokenizer_from_metadata(path, md) if tokenizer else None
+    return cfg, params, tok
+
+
+def read(path: str, progress: bool = True):
+    """Open and dequantize a GGUF file (no cache) -> (metadata, cfg, flat params)."""
     reader = open_reader(path)
     md = read_metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
@@ -106,9 +126,7 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
                                   f"for {name} from the metadata")
         params[name] = w
     del reader, tensors, named  # release the memory map
-
-    tok = tokenizer_from_metadata(path, md) if tokenizer else None
-    return cfg, params, tok
+    return md, cfg, params
 
 
 def config_from_metadata(md: dict, tensors: dict, path: str = "") -> ModelConfig:
@@ -117,9 +135,12 @@ def config_from_metadata(md: dict, tensors: dict, path: str = "") -> ModelConfig
         emb = tensors["token_embd.weight"]
     except KeyError:
         raise GGUFFormatError(f"{path} has no token_embd.weight tensor: not a Llama model") from None
-    vocab = int(emb.shape[-1])  # GGUF shape is [dim, vocab]
+    return _config(md, int(emb.shape[-1]), "output.weight" not in tensors, path)  # GGUF shape: [dim, vocab]
+
+
+def _config(md: dict, vocab: int, tied: bool, path: str = "") -> ModelConfig:
     try:
-        return ModelConfig.from_gguf_metadata(md, vocab_size=vocab, tied="output.weight" not in tensors)
+        return ModelConfig.from_gguf_metadata(md, vocab_size=vocab, tied=tied)
     except (KeyError, TypeError) as e:
         raise GGUFFormatError(f"{path} lacks the metadata of a Llama model ({_one_line(e)})") from None
 
