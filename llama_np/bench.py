@@ -467,6 +467,8 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
             t = res[r.name]
             p(f"llama_np / {peer}: decode {ours['decode'] / t['decode']:.2f}x, "
               f"prefill {ours['prefill'] / t['prefill']:.2f}x")
+    if cpp_runner is not None:   # the ceiling of any decode step made of one BLAS call per matrix
+        p(f"gemv-only sweep / llama.cpp F32 decode: {1 / sweep / res[cpp_runner.name]['decode']:.2f}x")
     p("(decode: median step of interleaved rounds; prefill: best of "
       f"{repeats}; compare ratios within one run)")
     if ttft_runs > 0:
