@@ -406,7 +406,7 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
         raise ValueError("bench --device gpu: run `python benchmarks/gpu.py` (checks the GPU path, then "
                          "measures Llama 3 8B's shape against transformers and the HBM limit)")
     path = resolve(model)
-    cfg, flat, _ = load_model(model)
+    cfg, flat, tok = load_model(model)
     params = nest(flat, cfg)                      # as stored: for the byte count and the gemv sweep
     fused = nest(fuse(dict(flat), cfg), cfg)      # what generate runs (same numbers, fewer products)
     if prompt_tokens + new_tokens > cfg.max_seq_len:
@@ -471,7 +471,10 @@ def run(model=None, device: str = "cpu", prompt_tokens: int = 256, new_tokens: i
         p(f"gemv-only sweep / llama.cpp F32 decode: {1 / sweep / res[cpp_runner.name]['decode']:.2f}x")
     p("(decode: median step of interleaved rounds; prefill: best of "
       f"{repeats}; compare ratios within one run)")
-    if ttft_runs > 0:
+    if ttft_runs > 0 and tok is None:
+        p("")
+        p("time to first token: skipped (the model file carries no tokenizer, so `generate` cannot run it)")
+    elif ttft_runs > 0:
         p("")
         p(f"time to first token, each in a new process (prompt {TTFT_PROMPT!r}, greedy):")
         rows = time_to_first_token(path, ttft_runs, threads, peers, f32)

@@ -24,7 +24,11 @@ def tiny_gguf(tmp_path_factory):
 def test_bench_reports_time_to_first_token(tiny_gguf, capsys, monkeypatch):
     """The first-token rows with the timer replaced: which commands run, in what cache, printed how."""
     from llama_np import bench, cli
+    from llama_np.weights import gguf as gguf_loader
     calls = []
+    real_load = gguf_loader.load
+    # the tiny file has no tokenizer; pretend it has one, so that bench times `generate` on it
+    monkeypatch.setattr(gguf_loader, "load", lambda *a, **k: real_load(*a, **k)[:2] + (object(),))
 
     def timer(cmd, env=None, echo=""):
         calls.append((cmd, (env or {}).get("LLAMA_NP_CACHE")))
@@ -41,6 +45,14 @@ def test_bench_reports_time_to_first_token(tiny_gguf, capsys, monkeypatch):
     assert all(str(tiny_gguf) in c[0] for c in calls)
     caches = {c[1] for c in calls}
     assert len(caches) == 1 and not os.path.exists(caches.pop())   # one fresh cache, removed after
+
+
+def test_bench_skips_first_token_without_a_tokenizer(tiny_gguf, capsys, monkeypatch):
+    from llama_np import bench, cli
+    monkeypatch.setattr(bench, "first_output_time", lambda *a, **k: pytest.fail("should not run"))
+    assert cli.main(["bench", "--model", str(tiny_gguf), "--prompt-tokens", "8", "--new-tokens", "4",
+                     "--repeats", "1", "--no-peers"]) == 0
+    assert "time to first token: skipped (the model file carries no tokenizer" in capsys.readouterr().out
 
 
 def test_bench_without_first_token_timing(tiny_gguf, capsys, monkeypatch):
