@@ -33,9 +33,24 @@ def stacked_view(ws):
         return None
     if any(w.shape[1] != ws[0].shape[1] for w in ws):
         return None
+    # Views of one buffer only: two separately allocated arrays that happen to be adjacent must
+    # not be joined, since the view would keep only the first alive.
+    if any(_owner(w) is not _owner(ws[0]) or _owner(w) is w for w in ws):
+        return None
     addr = [w.__array_interface__["data"][0] for w in ws]
     if any(addr[i] + ws[i].nbytes != addr[i + 1] for i in range(len(ws) - 1)):
         return None
     rows = sum(w.shape[0] for w in ws)
     return np.lib.stride_tricks.as_strided(ws[0], shape=(rows, ws[0].shape[1]), strides=ws[0].strides,
                                            writeable=ws[0].flags.writeable)
+
+
+def _owner(a):
+    """The object at the end of an array's ``.base`` chain (the buffer that keeps it alive)."""
+    while True:
+        if isinstance(a, memoryview):    # np.frombuffer (the weight cache's memory map)
+            a = a.obj
+        elif getattr(a, "base", None) is not None:
+            a = a.base
+        else:
+            return a

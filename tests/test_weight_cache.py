@@ -203,3 +203,15 @@ def test_two_processes_building_at_once(model):
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]   # one entry, no leftovers
     index = cache._read_index(folder)
     cache._check_data(folder, index)
+
+
+def test_stacked_view_only_joins_views_of_one_buffer():
+    from llama_np.linear import stacked_view
+    buf = np.arange(24, dtype=np.float32).reshape(6, 4)
+    a, b = buf[:2], buf[2:5]
+    v = stacked_view([a, b])
+    assert v is not None and np.shares_memory(v, buf) and v.shape == (5, 4)
+    np.testing.assert_array_equal(v, buf[:5])
+    assert stacked_view([b, a]) is None                        # not in this order in memory
+    assert stacked_view([buf[:2], buf[3:5]]) is None           # a gap between them
+    assert stacked_view([a.copy(), b.copy()]) is None          # separate allocations: never joined
