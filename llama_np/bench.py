@@ -1,6 +1,6 @@
 """How fast is llama_np, and how fast could it be? One run, one machine, one set of weights.
 
-    python -m llama_np bench [--model ...] [--prompt-tokens 256] [--new-tokens 128]
+    python -m llama_np bench [--model ...] [--prompt-tokens 256] [--new-tokens 128] [--ttft-runs 3]
 
 Prints, side by side:
   * llama_np: prefill tokens/s (the prompt in one pass) and decode tokens/s (one token a step
