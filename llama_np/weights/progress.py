@@ -38,11 +38,12 @@ class Progress:
     def _line(self) -> str:
         frac = min(self.done / self.total, 1.0)
         bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        if self.unit == "bytes":
-            count = f"{_fmt_bytes(self.done)}/{_fmt_bytes(self.total)}"
+        elapsed = time.perf_counter() - self.start
+        if self.unit == "bytes":   # with the speed: a download or a disk read is judged by it
+            count = f"{_fmt_bytes(self.done)}/{_fmt_bytes(self.total)} {_fmt_bytes(self.done / max(elapsed, 1e-9))}/s"
         else:
             count = f"{self.done:.0f}/{self.total:.0f} {self.unit}".rstrip()
-        return f"{self.desc} [{bar}] {100 * frac:3.0f}% {count} {time.perf_counter() - self.start:.1f} s"
+        return f"{self.desc} [{bar}] {100 * frac:3.0f}% {count} {elapsed:.1f} s"
 
     def update(self, n: float = 1) -> None:
         self.done += n
