@@ -1,4 +1,4 @@
-"""python -m course {build,execute,check} ...  (see course/README.md)"""
+"""python -m course {build,execute,check,site} ...  (see course/README.md)"""
 from __future__ import annotations
 
 import argparse
@@ -38,12 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sanitize", type=Path, default=None,
                    help="nbval sanitize file (default: course/nbval_sanitize.cfg)")
     dirs(c)
+
+    s = sub.add_parser("site", help="render the notebooks (with stored outputs) and the guides as a static site")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: build/site)")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "site":
+            from .site import DEFAULT_OUT, main as site
+            return site(args.out or DEFAULT_OUT)
         if args.command == "check":
             from .check import check
             folder = args.solutions if args.solution else args.lessons
