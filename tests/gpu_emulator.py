@@ -235,11 +235,11 @@ def fake_cupy(rec: Recorder):
 # ------------------------------------------------------------------ shared by both GPU test files
 def check_against_transformers(gpu, name: str) -> None:
     """The GPU path (model code and Decoder) on tiny model ``name`` with float32 weights vs
-    transformers' logits committed in tests/fixtures/tiny (made by make_fixtures.py), within 1e-4.
+    transformers' logits committed in course/fixtures/tiny (made by make_fixtures.py), within 1e-4.
     Runs on the real GPU (tests/test_gpu.py) or on this emulation (tests/test_gpu_emulated.py)."""
     from llama_np.backend import to_numpy
-    from tests.fixtures.tiny import make_fixtures
-    from tests.fixtures.tiny.configs import config, make_weights
+    from course.fixtures.tiny import make_fixtures
+    from course.fixtures.tiny.configs import config, make_weights
     fx = np.load(make_fixtures.HERE / f"{name}.npz")
     cfg, ids = config(name), fx["ids"]
     dev = gpu.upload(make_weights(name), cfg, "float32")

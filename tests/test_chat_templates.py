@@ -13,7 +13,7 @@ import pytest
 from llama_np.tokenizer.base import TokenizerError
 from llama_np.tokenizer.chat import apply_chat_template, chat_segments, encode_chat
 
-from tests.fixtures.chat_templates import LLAMA2_TEMPLATE, LLAMA3_TEMPLATE
+from course.fixtures.chat_templates import LLAMA2_TEMPLATE, LLAMA3_TEMPLATE
 
 
 SYS = {"role": "system", "content": "You are a terse assistant.\nAnswer in one line."}

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.smollm2 import make_fixtures as smol
-from tests.fixtures.tiny.configs import config, make_weights
-from tests.fixtures.tiny.make_fixtures import HERE as TINY
+from course.fixtures.smollm2 import make_fixtures as smol
+from course.fixtures.tiny.configs import config, make_weights
+from course.fixtures.tiny.make_fixtures import HERE as TINY
 from tests.test_gguf import write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]

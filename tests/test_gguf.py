@@ -1,6 +1,6 @@
 """The GGUF loader on small files written here with the ``gguf`` package's own writer.
 
-* Names, shapes, config and q/k layout: the tiny random Llamas of ``tests/fixtures/tiny`` written
+* Names, shapes, config and q/k layout: the tiny random Llamas of ``course/fixtures/tiny`` written
   to GGUF (Meta layout, as llama.cpp's converter writes q/k), loaded back, and run: the logits
   must match the committed transformers logits for those same weights.
 * Tensor types: each supported type dequantizes to within the rounding error its format allows
@@ -22,8 +22,8 @@ from llama_np.assets import AssetError  # noqa: E402
 from llama_np.tokenizer.gguf_meta import GGUFFormatError  # noqa: E402
 from llama_np.weights import detect_format, load_model  # noqa: E402
 from llama_np.weights.gguf import load, meta_name  # noqa: E402
-from tests.fixtures.tiny.configs import config, make_weights  # noqa: E402
-from tests.fixtures.tiny.make_fixtures import HERE as TINY  # noqa: E402
+from course.fixtures.tiny.configs import config, make_weights  # noqa: E402
+from course.fixtures.tiny.make_fixtures import HERE as TINY  # noqa: E402
 
 GGUF_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
               "attention_norm": "attn_norm", "ffn_norm": "ffn_norm", "wq": "attn_q", "wk": "attn_k",

@@ -29,7 +29,7 @@ from llama_np import gpu  # noqa: E402
 from llama_np.kv_cache import new_cache  # noqa: E402
 from llama_np.model import forward, nest  # noqa: E402
 from tests import gpu_emulator as emu  # noqa: E402
-from tests.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16  # noqa: E402
+from course.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16  # noqa: E402
 
 rng = np.random.default_rng(0)
 

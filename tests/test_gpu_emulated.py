@@ -12,7 +12,7 @@ from llama_np.kv_cache import new_cache
 from llama_np.model import forward, fuse, nest
 from llama_np.weights.packed import BF16Weight, f32_to_bf16
 from tests import gpu_emulator
-from tests.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16
+from course.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16
 
 NAMES = ["llama2_mha", "llama3_gqa", "tied", "llama31_scaled"]
 

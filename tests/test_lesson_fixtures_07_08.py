@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "course" / "fixtures"
 
 
 def _script(name: str):
-    """Import course/fixtures/<name>.py by path (course/fixtures is a folder, not a package)."""
+    """Import course/fixtures/<name>.py by path (as a script would run)."""
     spec = importlib.util.spec_from_file_location(f"lesson_fixture_{name}", FIXTURES / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -32,7 +32,7 @@ def _load(path: Path) -> dict:
 
 # --------------------------------------------------------------------------- without torch
 def test_07_fixture_shapes_match_the_tiny_configs():
-    from tests.fixtures.tiny.configs import CONFIGS, config
+    from course.fixtures.tiny.configs import CONFIGS, config
     fx = _load(FIXTURES / "07_transformer.npz")
     for name in _script("make_07_transformer").TINY:
         cfg = config(name)
@@ -41,7 +41,7 @@ def test_07_fixture_shapes_match_the_tiny_configs():
     T = len(fx["smollm2_ids"])
     assert fx["smollm2_resid_norm"].shape == (31, T) and fx["smollm2_last_logits"].shape == (49152,)
     # the SmolLM2 fixture of the test suite covers the same prompt: its top logits agree with ours
-    sm = _load(Path(__file__).parent / "fixtures" / "smollm2" / "reference.npz")
+    sm = _load(FIXTURES / "smollm2" / "reference.npz")
     assert sm["p0_ids"].tolist() == fx["smollm2_ids"].tolist()
     np.testing.assert_allclose(fx["smollm2_last_logits"][sm["p0_top_ids"][T - 1]], sm["p0_top_logits"][T - 1],
                                atol=1e-4, rtol=0)   # two runs of the same transformers model

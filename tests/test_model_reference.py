@@ -1,6 +1,6 @@
 """llama_np's full logits against transformers' LlamaForCausalLM on tiny random models.
 
-The committed fixtures (tests/fixtures/tiny/*.npz) hold transformers' logits, so these tests
+The committed fixtures (course/fixtures/tiny/*.npz) hold transformers' logits, so these tests
 check against the reference even where torch is not installed; ``test_fixtures_remake`` remakes
 them with transformers when it is (CI installs the reference extra).
 """
@@ -12,8 +12,8 @@ import pytest
 import llama_np
 from llama_np import forward, nest, new_cache
 from llama_np.model import fuse
-from tests.fixtures.tiny import make_fixtures
-from tests.fixtures.tiny.configs import CONFIGS, config, make_ids, make_weights, weights_sha256
+from course.fixtures.tiny import make_fixtures
+from course.fixtures.tiny.configs import CONFIGS, config, make_ids, make_weights, weights_sha256
 
 NAMES = list(CONFIGS)
 # float32 end to end on both sides, same weights, same eager math: the only differences are
@@ -38,7 +38,7 @@ def params(name, fused=False):
 def test_weights_match_fixture(name):
     assert str(load(name)["weights_sha256"]) == weights_sha256(make_weights(name)), (
         "the random weights differ from those the fixture was made with (NumPy's random stream "
-        "changed?): remake the fixtures with `python -m tests.fixtures.tiny.make_fixtures`")
+        "changed?): remake the fixtures with `python -m course.fixtures.tiny.make_fixtures`")
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])

@@ -1,6 +1,6 @@
 """Mixture of experts (Mixtral, Llama 4 text) against transformers on tiny random models.
 
-The committed fixtures (tests/fixtures/moe/*.npz, made by ``make_fixtures.py`` there) hold
+The committed fixtures (course/fixtures/moe/*.npz, made by ``make_fixtures.py`` there) hold
 transformers' prefill logits, its KV-cached decode logits, each MoE layer's router logits and
 chosen experts, and its load-balancing loss: so everything here checks against the reference
 even without torch. ``test_fixtures_remake`` remakes them when transformers is installed, and the
@@ -17,8 +17,8 @@ from llama_np import moe
 from llama_np.config import ModelConfig
 from llama_np.model import forward, nest, param_shapes, random_params
 from llama_np.kv_cache import new_cache
-from tests.fixtures.moe import make_fixtures
-from tests.fixtures.moe.configs import CONFIGS, config, make_weights, weights_sha256
+from course.fixtures.moe import make_fixtures
+from course.fixtures.moe.configs import CONFIGS, config, make_weights, weights_sha256
 
 NAMES = list(CONFIGS)
 # The issue's bound for full logits. Both sides compute in float32 with the same weights and
@@ -56,7 +56,7 @@ def decode(p, cfg, ids):
 def test_weights_match_fixture(name):
     assert str(load(name)["weights_sha256"]) == weights_sha256(make_weights(name)), (
         "the random weights differ from those the fixture was made with (NumPy's random stream "
-        "changed?): remake them with `python -m tests.fixtures.moe.make_fixtures`")
+        "changed?): remake them with `python -m course.fixtures.moe.make_fixtures`")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,7 +1,7 @@
 """The real default model, SmolLM2-135M-Instruct (Q4_1 GGUF), against transformers.
 
 transformers loads the same GGUF with its own dequantizer and runs its eager float32 Llama; the
-numbers it gave are committed in tests/fixtures/smollm2/reference.npz (made by make_fixtures.py
+numbers it gave are committed in course/fixtures/smollm2/reference.npz (made by make_fixtures.py
 beside it), so these tests check llama_np against the reference even without torch. With torch
 installed, the slow test compares full-vocabulary rows directly and remakes the fixture.
 
@@ -17,7 +17,7 @@ import pytest
 
 from llama_np import forward, nest
 from llama_np.generate import generate
-from tests.fixtures.smollm2 import make_fixtures as mf
+from course.fixtures.smollm2 import make_fixtures as mf
 
 ATOL = 1e-3
 
