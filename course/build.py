@@ -8,15 +8,30 @@ The solution notebook is the source of truth. Building a lesson does what nbgrad
   body keeps the ``def`` line and the docstring above it);
 * a solution cell without markers is replaced whole by that stub (markdown: "YOUR ANSWER HERE");
 * ``### BEGIN HIDDEN TESTS`` regions in check cells are removed;
-* locked cells (the checks) are made read-only in JupyterLab (``editable``/``deletable`` false).
+* locked cells (the checks) are made read-only in JupyterLab (``editable``/``deletable`` false);
+* **answer outputs are cleared** (outputs and execution count), so a lesson does not show what
+  the learner is asked to produce. A code cell's output is an answer output when the cell is
+  1. an exercise (nbgrader ``solution: true``), or
+  2. a check (nbgrader ``grade: true``), or
+  3. after an exercise, a cell that reads a name an answer cell binds: a function, class or
+     variable it defines, or an object whose attribute or item it assigns (``ops.norm =
+     rms_norm``); imports do not count (a module is never an answer). A cell that binds a name
+     before reading it (``for name in ...``) does not depend on its earlier value. The rule is
+     transitive: ``y = rms_norm(x)`` in one cell makes a later ``print(y)`` an answer cell too.
+     Names come from the *solution's* source (the lesson's stub binds nothing). A cell Python
+     cannot parse counts as an answer cell.
 
-Everything else stays, the stored outputs included: they are the expected output that
-``pytest --nbval`` and ``python -m course check`` compare the learner's run against.
+Every other output stays: the figures, tables and printouts of given code teach. nbval does not
+compare a cell without an execution count, so ``pytest --nbval`` on a lesson checks the answer
+cells only for errors; a check cell prints its ✓ line when the answer is right and stops with an
+AssertionError saying what differs when it is not. ``build --check`` fails on a lesson that
+keeps an answer output (``answer_outputs``).
 Volatile metadata (timings, scroll state, widget state) is dropped, so the same solution always
 gives the same bytes and ``build --check`` can compare files byte for byte.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import subprocess
@@ -87,11 +102,186 @@ def clean_metadata(nb) -> None:
             cell.metadata.pop(key, None)
 
 
+# ------------------------------------------------------------------------ answer outputs
+def _stores(node) -> set[str]:
+    """Names an assignment target binds (``a``, ``a, b``, ``*rest``); for ``obj.x = ...`` or
+    ``table[k] = ...`` the object's name, whose contents change."""
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return set().union(*(_stores(e) for e in node.elts)) if node.elts else set()
+    if isinstance(node, ast.Starred):
+        return _stores(node.value)
+    if isinstance(node, (ast.Attribute, ast.Subscript)):
+        return _stores(node.value)
+    return set()
+
+
+def _loads(node, local: frozenset = frozenset()) -> set[str]:
+    """Names an expression (or a function body) reads from outside, except ``local`` ones:
+    comprehension variables, lambda and function parameters and a function's own locals."""
+    if node is None:
+        return set()
+    if isinstance(node, ast.Name):
+        return set() if node.id in local or not isinstance(node.ctx, ast.Load) else {node.id}
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        local = local | {n for g in node.generators for n in _stores(g.target)}
+    elif isinstance(node, ast.Lambda):
+        local = local | {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        params = {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        own = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        reads = set().union(*(_loads(d, local) for d in node.decorator_list + node.args.defaults))
+        return reads | set().union(*(_loads(s, local | params | own) for s in node.body))
+    return set().union(*(_loads(child, local) for child in ast.iter_child_nodes(node)))
+
+
+def _free(stmts, bound: set, binds: set) -> set[str]:
+    """Names ``stmts`` read before binding them (the cell's inputs), in order. ``bound`` grows
+    with what they bind; ``binds`` collects the bound names that carry a computed value (not
+    imports: a module is never an answer)."""
+    free = set()
+    for s in stmts:
+        if isinstance(s, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in s.names}
+            continue
+        if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            free |= _loads(s) - bound
+            bound.add(s.name)
+            binds.add(s.name)
+            continue
+        if isinstance(s, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+            free |= _loads(s.value) - bound
+            for t in targets:                  # a[i] = v reads a and i; x += 1 reads x
+                free |= (_loads(t) if not isinstance(t, ast.Name) else set()) - bound
+                if isinstance(s, ast.AugAssign) or not isinstance(t, (ast.Name, ast.Tuple, ast.List)):
+                    free |= _stores(t) - bound
+                new = _stores(t)
+                bound |= new
+                binds |= new
+            continue
+        if isinstance(s, (ast.For, ast.AsyncFor)):
+            free |= _loads(s.iter) - bound
+            new = _stores(s.target)
+            bound |= new
+            binds |= new
+            free |= _free(s.body, bound, binds) | _free(s.orelse, bound, binds)
+            continue
+        if isinstance(s, (ast.With, ast.AsyncWith)):
+            for item in s.items:
+                free |= _loads(item.context_expr) - bound
+                new = _stores(item.optional_vars) if item.optional_vars is not None else set()
+                bound |= new
+                binds |= new
+            free |= _free(s.body, bound, binds)
+            continue
+        if isinstance(s, (ast.If, ast.While)):
+            free |= _loads(s.test) - bound
+            free |= _free(s.body, bound, binds) | _free(s.orelse, bound, binds)
+            continue
+        if isinstance(s, ast.Try):
+            free |= _free(s.body, bound, binds)
+            for h in s.handlers:
+                free |= _loads(h.type) - bound
+                if h.name:
+                    bound.add(h.name)
+                free |= _free(h.body, bound, binds)
+            free |= _free(s.orelse, bound, binds) | _free(s.finalbody, bound, binds)
+            continue
+        free |= _loads(s) - bound              # expressions, return, assert, del, ...
+    return free
+
+
+def _parse(source: str):
+    """The cell as an ast.Module, or None when it is not plain Python. IPython's ``%magic`` and
+    ``!shell`` lines become blank lines, so line numbers stay those of the cell."""
+    lines = ["" if ln.lstrip().startswith(("%", "!")) else ln for ln in source.split("\n")]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def cell_names(source: str) -> tuple[set[str], set[str]] | None:
+    """(names the cell reads before binding them, names it binds to computed values), or None
+    when it is not plain Python."""
+    tree = _parse(source)
+    if tree is None:
+        return None
+    binds: set[str] = set()
+    return _free(tree.body, set(), binds), binds
+
+
+def _region_lines(source: str) -> set[int]:
+    """Line numbers (from 1) of the BEGIN/END SOLUTION regions, markers included."""
+    lines, inside = set(), False
+    for n, line in enumerate(source.split("\n"), 1):
+        s = line.strip()
+        if s == BEGIN_SOLUTION:
+            inside = True
+        if inside:
+            lines.add(n)
+        if s == END_SOLUTION:
+            inside = False
+    return lines
+
+
+def _changed_objects(stmt) -> set[str]:
+    """Names whose attribute or item ``stmt`` assigns: rebinding those does not clean them."""
+    return {b for n in ast.walk(stmt) if isinstance(n, (ast.Attribute, ast.Subscript))
+            and isinstance(n.ctx, ast.Store) for b in _stores(n)}
+
+
+def answer_cells(solution) -> dict[int, str]:
+    """{cell index: why} for the code cells whose outputs give an answer away (module docstring).
+
+    Statement by statement: one that holds a solution region (the whole cell, for an exercise
+    without markers) or reads an answer name makes the names it binds answer names; one that
+    rebinds a name from given values only makes it given again."""
+    answers, answer_names, seen_exercise = {}, set(), False
+    for i, cell in enumerate(solution.cells):
+        if cell.cell_type != "code":
+            continue
+        exercise, region = is_exercise(cell), _region_lines(cell.source)
+        seen_exercise |= exercise
+        tree, used = _parse(cell.source), set()
+        if tree is not None:
+            bound: set[str] = set()
+            for stmt in tree.body:
+                binds: set[str] = set()
+                reads = _free([stmt], bound, binds)
+                span = set(range(stmt.lineno, stmt.end_lineno + 1))
+                if (exercise and (not region or span & region)) or reads & answer_names:
+                    used |= reads & answer_names
+                    answer_names |= binds
+                else:
+                    answer_names -= binds - _changed_objects(stmt)
+        if exercise:
+            answers[i] = "an exercise"
+        elif is_check(cell):
+            answers[i] = "a check"
+        elif tree is None and seen_exercise:
+            answers[i] = "not plain Python (cannot tell what it uses)"
+        elif used:
+            answers[i] = f"uses {', '.join(sorted(used))} from an answer cell"
+    return answers
+
+
+def answer_outputs(lesson, answers: dict[int, str]) -> list[str]:
+    """Problems: answer cells of ``lesson`` that still show an output or an execution count."""
+    return [f"cell {i} ({why}) keeps its output" for i, why in sorted(answers.items())
+            if lesson.cells[i].get("outputs") or lesson.cells[i].get("execution_count") is not None]
+
+
 def make_lesson(solution):
     """The student version of a solution notebook (a new notebook; the argument is not touched)."""
     nb = copy.deepcopy(solution)
     clean_metadata(nb)
+    answers = answer_cells(solution)
     for i, cell in enumerate(nb.cells):
+        if i in answers:
+            cell.outputs, cell.execution_count = [], None
         where = f"cell {i}"
         stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
         cell.source, replaced = replace_regions(cell.source, stub, where)
@@ -193,6 +383,9 @@ def build(solution_paths, lessons_dir: Path = LESSONS, check: bool = False, orph
         if check:
             if not lp.is_file() or lp.read_text(encoding="utf-8") != dumps(lesson):
                 stale.append(lp)
+                if lp.is_file():                   # say so when the lesson gives answers away
+                    for p in answer_outputs(read(lp), answer_cells(nb)):
+                        out(f"  ✗ {_rel(lp)}: {p}")
         elif write(lesson, lp):
             out(f"wrote {_rel(lp)}")
         else:

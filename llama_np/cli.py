@@ -1,4 +1,4 @@
-"""``python -m llama_np``: generate, tokenize, logits, verify, bench (DESIGN.md section 4).
+"""``python -m llama_np``: generate, tokenize, logits, verify, bench (docs/design.md §4).
 
 Every mistake a user can make (a wrong path, a bad number, no GPU, Ctrl-C) ends in one line on
 stderr and exit code 1; a wrongly typed command line is argparse's usage message and code 2.

@@ -16,7 +16,7 @@ Two regimes, two tools:
      the products after it); at ~5-10 us of CPU time per CuPy launch that alone would cap decode
      near 400 tok/s and, worse, leave the GPU idle between kernels. ``Decoder`` records the whole
      step once as a CUDA graph and replays it with one launch. CuPy cannot capture cuBLAS in a
-     graph, which is why decode uses only the hand-written kernels here (DESIGN.md section 5).
+     graph, which is why decode uses only the hand-written kernels here (docs/design.md §6).
 
 Measured on an H100 80GB HBM3 (2026-11-27, benchmarks/gpu.py, Llama 3 8B shape, bf16): decode
 163.4 tok/s = 82 % of the 199 tok/s HBM limit (transformers eager: 32.4). The graph took the

@@ -11,7 +11,7 @@ Scout 109 B and 17 B.
     y[t] = sum_j  gate[t, j] * Expert_{experts[t, j]}(x[t])              Mixtral
     y[t] = Shared(x[t]) + sum_j Expert_{experts[t, j]}(gate[t, j] * x[t]) Llama 4
 
-The two routing rules (DESIGN.md section 7):
+The two routing rules (docs/design.md §7):
   * Mixtral: softmax over *all* E logits, keep the top k, renormalise them to sum to 1, and
     weight the expert *outputs*.
   * Llama 4: take the top k *logits*, squash each with a sigmoid (so gates need not sum to 1),

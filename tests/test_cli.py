@@ -76,7 +76,7 @@ def test_tokenize_text_and_json_lines_match_transformers(smollm2):
 def test_tokenize_bos_eos(smollm2):
     p = run("tokenize", "--tokenizer", smollm2, "--bos", "--eos", "hi")
     ids = json.loads(p.stdout)
-    assert ids[0] == 1 and ids[-1] == 2 and len(ids) == 3   # SmolLM2: BOS 1, EOS 2 (DESIGN.md §3)
+    assert ids[0] == 1 and ids[-1] == 2 and len(ids) == 3   # SmolLM2: BOS 1, EOS 2 (docs/design.md §3)
 
 
 def test_logits_ids_match_transformers(tiny_gguf, tmp_path):

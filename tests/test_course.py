@@ -23,9 +23,11 @@ pytest.importorskip("nbclient")
 
 from course import checkers  # noqa: E402
 from course.__main__ import main as course_main  # noqa: E402
-from course.build import lint, make_lesson, remove_hidden_tests, replace_regions  # noqa: E402
-from course.notebooks import (BEGIN_SOLUTION, END_SOLUTION, ROOT, SANITIZE_CFG, CourseError,  # noqa: E402
-                              comparable, dumps, first_difference, sanitize_patterns)
+from course.build import (answer_cells, answer_outputs, lint, make_lesson,  # noqa: E402
+                          remove_hidden_tests, replace_regions)
+from course.notebooks import (BEGIN_SOLUTION, END_SOLUTION, ROOT, SANITIZE_CFG, SETUP_CELL,  # noqa: E402
+                              CourseError, comparable, dumps, first_difference, notebook_paths, read,
+                              sanitize_patterns)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "course"
 DEMO_SOLUTION = FIXTURE / "solutions" / "99_demo.ipynb"
@@ -133,9 +135,15 @@ def test_build_demo_gives_the_expected_lesson(tmp_path):
     assert ex.source.splitlines() == ["def softmax(x):",
                                       '    """x: (..., n) float32 -> (..., n) float32, each row sums to 1."""',
                                       "    # YOUR CODE HERE", "    raise NotImplementedError()"]
-    for s, l in zip(solution.cells, lesson.cells):         # expected outputs stay
-        assert s.get("outputs") == l.get("outputs")
-        assert s.get("execution_count") == l.get("execution_count")
+    answers = answer_cells(solution)        # exercises, checks, and the last cell (uses softmax)
+    assert sorted(answers) == [3, 4, 6, 7, 10], answers
+    for i, (s, l) in enumerate(zip(solution.cells, lesson.cells)):
+        if i in answers:                                    # no answer outputs in the lesson
+            assert l.get("outputs") == [] and l.get("execution_count") is None, i
+        else:                                               # given code's outputs stay (the figure)
+            assert s.get("outputs") == l.get("outputs")
+            assert s.get("execution_count") == l.get("execution_count")
+    assert any("image/png" in o.get("data", {}) for o in lesson.cells[9].outputs)
     checks = [c for c in lesson.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert checks and all(c.metadata["editable"] is False for c in checks)
     # deterministic: building again gives the same bytes
@@ -155,6 +163,65 @@ def test_build_check_names_stale_and_orphan_lessons(tmp_path):
     assert r.returncode == 1
     assert "99_demo.ipynb is out of date" in r.stdout and "98_orphan.ipynb has no solution" in r.stdout
     assert (les / "99_demo.ipynb").read_bytes() == DEMO_LESSON.read_bytes()   # --check writes nothing
+
+
+def test_answer_cells_follow_what_each_cell_reads():
+    """The rule of course/build.py: exercises, checks, and cells that read what an answer bound,
+    transitively; given code (even given lines inside an exercise cell) and rebound names do not count."""
+    from course.author import check, code, exercise, notebook
+    from course.build import cell_names
+    nb = notebook([
+        code("import numpy as np\nx = np.ones(3)\nprint(x)"),                             # 0 given
+        exercise("words = 'a b'.split()\n### BEGIN SOLUTION\nn = len(words)\n### END SOLUTION", "n"),
+        check("check_equal(n, 2, 'n')", "check_n"),                                         # 2
+        code("print(words)"),                                                                # 3 given line
+        code("twice = 2 * n"),                                                               # 4 reads n
+        code("print(twice)"),                                                                # 5 transitive
+        code("n = 7\nprint(n)"),                                                            # 6 rebinds n
+        code("print(n)"),                                                                    # 7 given again
+        exercise("def f(a):\n    ### BEGIN SOLUTION\n    return a\n    ### END SOLUTION", "f"),
+        code("for n in range(2):\n    print(n)"),                                           # 9 own n
+        code("ops.f = f"),                                                                   # 10 ops changed
+        code("ops = ops\nprint(ops)"),                                                      # 11 still ops
+        code("%timeit f(1)\nplt.plot([1, 2])"),                                             # 12 magic, given
+        code("print(sum(f(i) for i in range(3)))"),                                          # 13 reads f
+    ])
+    answers = answer_cells(nb)
+    assert sorted(answers) == [1, 2, 4, 5, 8, 10, 11, 13], answers
+    assert answers[4] == "uses n from an answer cell" and answers[1] == "an exercise"
+    assert cell_names("def g(a):\n    b = a + c\n    return b") == ({"c"}, {"g"})
+    assert cell_names("y = [k * w for k in ks]\nt[k] = y") == ({"w", "ks", "t", "k"}, {"y", "t"})
+    assert cell_names("print(") is None
+
+
+def test_build_check_fails_on_a_lesson_with_answer_outputs(tmp_path):
+    sol, les = demo_dirs(tmp_path)
+    assert run_course("build", "--solutions", sol, "--lessons", les).returncode == 0
+    solution, lesson = nbformat.read(sol / "99_demo.ipynb", 4), nbformat.read(les / "99_demo.ipynb", 4)
+    lesson.cells[4].outputs, lesson.cells[4].execution_count = solution.cells[4].outputs, 4
+    nbformat.write(lesson, les / "99_demo.ipynb")
+    r = run_course("build", "--check", "--solutions", sol, "--lessons", les)
+    assert r.returncode == 1
+    assert "99_demo.ipynb: cell 4 (a check) keeps its output" in r.stdout
+
+
+def test_lessons_in_repo_show_no_answer_outputs():
+    for sp in notebook_paths(ROOT / "solutions"):
+        lesson = read(ROOT / "lessons" / sp.name)
+        assert answer_outputs(lesson, answer_cells(read(sp))) == [], sp.name
+
+
+def test_notebooks_start_with_the_setup_cell_and_never_touch_the_working_directory():
+    """Every notebook runs wherever it is opened: the data comes from the installed package."""
+    for folder in ("solutions", "lessons"):
+        for path in notebook_paths(ROOT / folder):
+            nb = read(path)
+            first = next(c for c in nb.cells if c.cell_type == "code")
+            assert first.source == SETUP_CELL, f"{folder}/{path.name}: first code cell is not SETUP_CELL"
+            for c in nb.cells:
+                if c.cell_type == "code":
+                    for bad in ("sys.path", "Path.cwd()", "os.chdir", "ROOT /", "tests.fixtures"):
+                        assert bad not in c.source, f"{folder}/{path.name}: {bad}"
 
 
 def test_lint_catches_authoring_mistakes():

@@ -84,7 +84,7 @@ def test_wrong_rope_layout_is_caught():
 
 
 def test_activations_stay_float32(monkeypatch):
-    """DESIGN §7: one float64 scalar silently turns every later matmul into float64."""
+    """docs/design.md §8: one float64 scalar silently turns every later matmul into float64."""
     import llama_np.linear as lin
     import llama_np.model as model
     seen = []

@@ -136,7 +136,7 @@ def test_each_feature_matters():
 
 
 def test_activations_stay_float32(monkeypatch):
-    """DESIGN section 7: a float64 scalar (a gate, a temperature) would silently turn every later
+    """docs/design.md §8: a float64 scalar (a gate, a temperature) would silently turn every later
     matmul into float64. Every product in an MoE model, prefill and decode, sees float32."""
     import llama_np.ffn
     import llama_np.linear as lin

@@ -7,7 +7,7 @@ installed, the slow test compares full-vocabulary rows directly and remakes the 
 
 Tolerance: both sides compute in float32 from identical float32 weights (both dequantize the same
 Q4_1 blocks exactly); the differences are summation order in BLAS and exp/sin/cos rounding over 30
-layers. DESIGN.md measured 4.3e-5 for a plain NumPy forward; 1e-3 leaves 20x room for other BLAS
+layers. docs/design.md §2: 4.3e-5 measured for a plain NumPy forward; 1e-3 leaves 20x room for other BLAS
 builds yet is far below any real bug (a wrong q/k layout moves logits by whole units, below).
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_fixture_is_for_this_file(fx):
 
 
 def test_config(smollm2):
-    cfg, _, _ = smollm2  # DESIGN.md section 3
+    cfg, _, _ = smollm2  # docs/design.md §3
     assert (cfg.n_layers, cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim) == (30, 576, 9, 3, 64, 1536)
     assert (cfg.vocab_size, cfg.rope_theta, cfg.max_seq_len, cfg.tie_embeddings) == (49152, 100000.0, 8192, True)
 

@@ -387,7 +387,7 @@ def test_llama3_from_gguf_metadata(llama3, llama3_tiktoken):
 
 
 def test_llama3_known_ids(llama3):
-    assert llama3.encode("hello world") == [15339, 1917]  # DESIGN.md, from tiktoken
+    assert llama3.encode("hello world") == [15339, 1917]  # docs/design.md §2, from tiktoken
     assert llama3.encode("The capital of France is", bos=True) == [128000, 791, 6864, 315, 9822, 374]
     assert llama3.stop_ids == {128001, 128009} and llama3.chat_format == "llama3"
 

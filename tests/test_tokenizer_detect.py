@@ -220,7 +220,7 @@ def test_llama3_tiktoken_file_loads():
     assert detect_format(path) == "tiktoken"
     tok = load_tokenizer(path)
     assert isinstance(tok, tiktoken_bpe.TiktokenTokenizer)
-    assert tok.encode("hello world") == [15339, 1917]  # tiktoken with these ranks (DESIGN.md)
+    assert tok.encode("hello world") == [15339, 1917]  # tiktoken with these ranks (docs/design.md §2)
 
 
 # --------------------------------------------------------------------------- SentencePiece

@@ -62,7 +62,7 @@ CORPUS = [
 
 
 def test_published_ids(tok):
-    # DESIGN.md: Meta's tokenizer gives these ids.
+    # docs/design.md §2: Meta's tokenizer gives these ids.
     assert tok.encode("hello world") == [15339, 1917]
     assert tok.encode("The capital of France is") == [791, 6864, 315, 9822, 374]
     assert tok.encode("hello", bos=True, eos=True) == [128000, 15339, 128001]

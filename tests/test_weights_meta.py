@@ -218,7 +218,7 @@ def test_meta_tokenizer_detected(tmp_path):
     W.write_meta(tmp_path, spec, flat, "bf16")
     os.symlink(src, tmp_path / "tokenizer.model")
     _, _, tok = meta.load(tmp_path)
-    assert tok.encode("hello world") == [15339, 1917]   # tiktoken's ids for Llama 3 (DESIGN.md)
+    assert tok.encode("hello world") == [15339, 1917]   # tiktoken's ids for Llama 3 (docs/design.md §2)
 
 
 def test_progress_bar_one_line_when_not_a_terminal():

@@ -10,7 +10,7 @@ right where the matrix product needs them:
 
 NumPy has no BLAS for 16-bit floats (an fp16 matrix-vector product ran 36x slower than fp32
 here), so computing in float32 is also the fast way. The weights are read once per token:
-decode speed is bounded by how fast the machine streams them (DESIGN.md section 5). Two
+decode speed is bounded by how fast the machine streams them (docs/design.md §5). Two
 threads widen different halves of the rows at the same time; NumPy releases the GIL inside
 ufuncs and BLAS calls, so the threads really run in parallel.
 
