@@ -2,9 +2,8 @@
 
     build/site/
       index.html                  the contents: documents, then every lesson and its solution
-      README.html                 README.md
-      course/README.html          the syllabus and guides
-      docs/design.html            docs/design.md
+      README.html                 README.md; likewise the course guide and the design, each
+                                  beside where its .md is in the repository
       lessons/NN_name.html        each notebook with its stored outputs (nothing is re-run)
       solutions/NN_name.html
 
@@ -28,6 +27,7 @@ from pathlib import Path
 from .notebooks import LESSONS, ROOT, SOLUTIONS, CourseError, notebook_paths
 
 DEFAULT_OUT = ROOT / "build" / "site"
+NAV = [("README.md", "README"), ("course/README.md", "Course guide"), ("docs/design.md", "Design")]
 DOCUMENTS = [("README.md", "README"), ("course/README.md", "The course: syllabus and guides"),
              ("docs/design.md", "Design")]
 
@@ -85,8 +85,7 @@ def _rel(target: str, page: str) -> str:
 
 
 def _nav(page: str) -> str:
-    links = [("index.html", "Contents"), ("README.html", "README"),
-             ("course/README.html", "Course guide"), ("docs/design.html", "Design")]
+    links = [("index.html", "Contents")] + [(_page_of(src), label) for src, label in NAV]
     items = "".join(f'<a href="{_rel(t, page)}">{html.escape(label)}</a>' for t, label in links)
     return f'<nav class="site">llama-np · {items}</nav>'
 

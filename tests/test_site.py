@@ -44,13 +44,13 @@ def site(tmp_path_factory):
 def test_site_has_every_notebook_and_document(site):
     out, pages = site
     from course.notebooks import LESSONS, SOLUTIONS, notebook_paths
+    from course.site import DOCUMENTS, _page_of
     want = {f"{p.parent.name}/{p.stem}.html" for d in (LESSONS, SOLUTIONS) for p in notebook_paths(d)}
-    want |= {"index.html", "README.html", "course/README.html", "docs/design.html"}
-    assert want <= {str(p.relative_to(out)) for p in pages}
-    # the index links every lesson and solution
-    index = (out / "index.html").read_text()
-    for page in want - {"index.html"}:
-        assert f'href="{page}"' in index or page in ("README.html", "course/README.html", "docs/design.html")
+    docs = {_page_of(src) for src, _ in DOCUMENTS}
+    assert want | docs | {"index.html"} <= {str(p.relative_to(out)) for p in pages}
+    index = (out / "index.html").read_text()   # the contents page links every page
+    for page in want | docs:
+        assert f'href="{page}"' in index, page
 
 
 def test_no_broken_internal_links(site):
