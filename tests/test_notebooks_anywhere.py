@@ -103,7 +103,14 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, src / name)
     for pkg in ("llama_np", "course"):
         shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+    # The setuptools already here, if it is recent enough for pyproject.toml; else (a fresh venv,
+    # as in .ci/run, has none) pip fetches it from PyPI into an isolated build environment.
+    try:
+        from importlib.metadata import version
+        isolation = [] if int(version("setuptools").split(".")[0]) < 77 else ["--no-build-isolation"]
+    except Exception:
+        isolation = []
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *isolation,
                         "--disable-pip-version-check", "-q", "--target", str(site), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

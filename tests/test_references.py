@@ -73,6 +73,8 @@ def broken_references(path: Path) -> list[str]:
 def test_references_to_repo_files_exist():
     bad = {}
     for path in tracked():
+        if path == Path(__file__).resolve():       # this file's examples are broken on purpose
+            continue
         missing = broken_references(path)
         if missing:
             bad[str(path.relative_to(ROOT))] = sorted(set(missing))
