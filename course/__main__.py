@@ -1,4 +1,4 @@
-"""python -m course {build,execute,check} ...  (see course/README.md)"""
+"""python -m course {build,execute,check,site,grades} ...  (see course/README.md)"""
 from __future__ import annotations
 
 import argparse
@@ -42,12 +42,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sanitize", type=Path, default=None,
                    help="nbval sanitize file (default: course/nbval_sanitize.cfg)")
     dirs(c)
+
+    s = sub.add_parser("site", help="render the notebooks (with stored outputs) and the guides as a static site")
+    s.add_argument("--out", type=Path, default=None, help="output folder (default: build/site)")
+
+    g = sub.add_parser("grades", help="after nbgrader autograde: scores, and the submissions that did not run")
+    g.add_argument("assignment", help="the assignment (lesson) name, e.g. 02_rmsnorm")
+    g.add_argument("--course-dir", type=Path, default=Path("."), help="nbgrader course directory (default: .)")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "grades":
+            from .grading import report
+            return report(args.course_dir, args.assignment)
+        if args.command == "site":
+            from .site import DEFAULT_OUT, main as site
+            return site(args.out or DEFAULT_OUT)
         if args.command == "check":
             from .check import check
             folder = args.solutions if args.solution else args.lessons
