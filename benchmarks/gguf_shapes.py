@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.real_shapes import PROMPT, SHAPES, stream_rate, vm_hwm, vm_rss  # noqa: E402
+from benchmarks.real_shapes import PROMPT, SHAPES, child, stream_rate, vm_hwm, vm_rss  # noqa: E402
 
 
 def config_of(shape: str, layers: int | None = None):
@@ -163,19 +163,6 @@ def run_llamacpp(path: Path, tokens: int, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent
-def child(args_list: list, timeout: float) -> dict:
-    import subprocess
-    try:
-        p = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode or not lines:
-        tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"exit {p.returncode}: {tail}"}
-    return json.loads(lines[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=["1b", "8b"], default="1b")
@@ -222,8 +209,8 @@ def main(argv=None) -> int:
     print(f"  {dest.name}: {size / 2**30:.2f} GiB", flush=True)
     env_args = ["--tokens", str(a.tokens), "--threads", str(a.threads)]
     os.environ["LLAMA_NP_THREADS"] = str(a.threads)
-    ours = child([*env_args, "--child", "llama_np", str(dest)], timeout=3600)
-    peer = (child([*env_args, "--child", "llamacpp", str(dest)], timeout=3600) if have_llamacpp
+    ours = child([*env_args, "--child", "llama_np", str(dest)], timeout=3600, script=__file__)
+    peer = (child([*env_args, "--child", "llamacpp", str(dest)], timeout=3600, script=__file__) if have_llamacpp
             else {"error": "not installed (pip install -e '.[llamacpp]')"})
     rate = stream_rate()
     print(f"  {'run':<12} {'load s':>7} {'peak RSS GiB':>13} {'RSS - file GiB':>15} {'decode tok/s':>13}")

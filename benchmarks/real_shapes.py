@@ -253,8 +253,10 @@ def widen_rate(repeats: int = 3) -> float:
     return best
 
 
-def child(args_list: list, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, *args_list]
+def child(args_list: list, timeout: float, script: str = __file__) -> dict:
+    """Run ``script`` (this file, or another benchmark) in a new process, so that its peak RSS is
+    its own; -> the dict it prints as its last JSON line, or {"error": one line}."""
+    cmd = [sys.executable, script, *args_list]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
