@@ -99,13 +99,19 @@ def _shape(tensor) -> tuple:
     return tuple(int(n) for n in reversed(tensor.shape))
 
 
-def choose_mode(tensors, dtype: str = "auto") -> str:
-    """"auto" -> $LLAMA_NP_GGUF_DTYPE if set, else "float32" when float32 copies of ``tensors``
-    take under half the available memory, else "packed"."""
+def requested_mode(dtype: str = "auto") -> str:
+    """``dtype`` as asked: "auto" defers to $LLAMA_NP_GGUF_DTYPE when that is set."""
     if dtype == "auto":
         dtype = os.environ.get("LLAMA_NP_GGUF_DTYPE", "auto")
         if dtype not in MODES:
             raise ValueError(f"LLAMA_NP_GGUF_DTYPE={dtype!r}: use float32 or packed")
+    return dtype
+
+
+def choose_mode(tensors, dtype: str = "auto") -> str:
+    """"auto" -> $LLAMA_NP_GGUF_DTYPE if set, else "float32" when float32 copies of ``tensors``
+    take under half the available memory, else "packed"."""
+    dtype = requested_mode(dtype)
     if dtype != "auto":
         return dtype
     n = sum(int(np.prod(_shape(t))) for t in tensors)
@@ -127,8 +133,7 @@ def load(path, tokenizer: bool = True, progress: bool = True, dtype: str = "auto
         raise ValueError(f"unknown GGUF dtype {dtype!r}: use {', '.join(MODES)}")
     path = os.fspath(path)
     # Only a float32 load is cached (a packed one is already a memory map of the file itself).
-    use_cache = (os.path.isfile(path) and cache.enabled(path)
-                 and os.environ.get("LLAMA_NP_GGUF_DTYPE", dtype) != "packed" and dtype != "packed")
+    use_cache = requested_mode(dtype) != "packed" and os.path.isfile(path) and cache.enabled(path)
     hit = cache.load(path, quiet=not progress) if use_cache else None
     if hit is not None:
         md, params = hit
