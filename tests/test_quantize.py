@@ -126,6 +126,34 @@ def test_remade_by_llamacpp(tmp_path, source):
     assert kinds == set(qz.QUANTIZERS)
 
 
+def test_fallback_like_llamacpp(tmp_path):
+    """A model 288 wide (rows of 288 weights: no whole super-block, as SmolLM2's 576) quantized by
+    llama.cpp: those tensors get FALLBACK's types, and quantize() gives their bytes."""
+    pytest.importorskip("llama_cpp")
+    from dataclasses import replace
+
+    from llama_np.model import param_shapes
+    from tests.test_gguf import write_gguf
+    cfg = replace(mf.config(), dim=288, hidden_dim=512, head_dim=72)
+    rng = np.random.default_rng(288)
+    weights = {k: (rng.standard_normal(s) * 0.05 + (len(s) == 1)).astype(np.float32)
+               for k, s in param_shapes(cfg).items()}
+    src = write_gguf(tmp_path / "src.gguf", cfg, weights)
+    seen = set()
+    for ftype, target in [("Q4_K_M", "Q4_K"), ("Q5_K_M", "Q5_K"), ("Q6_K", "Q6_K")]:
+        dest = tmp_path / f"{ftype}.gguf"
+        mf.quantize(src, dest, ftype)
+        for t in gguf.GGUFReader(str(dest)).tensors:
+            w = weights[meta_name(t.name)]
+            kind = t.tensor_type.name
+            if w.ndim == 2 and w.shape[1] == 288:    # llama.cpp's choice was a K-quant
+                assert kind in qz.FALLBACK.values(), (ftype, t.name, kind)
+                seen.add((target, kind))
+            if kind in qz.QUANTIZERS:
+                assert_blocks_equal(qz.quantize(w, kind), t.data, kind, f"{ftype} {t.name}")
+    assert {("Q4_K", "Q5_0"), ("Q5_K", "Q5_1"), ("Q6_K", "Q8_0")} <= seen
+
+
 # ----------------------------------------------------------------------------- round trip
 # (group, steps across the span, symmetric): the step of plain round-to-nearest in each type is
 # span / steps, span = 2 max|x| (symmetric) or max - min (affine; the K-quants' min is <= 0).
@@ -192,7 +220,10 @@ def test_unsupported_kind(kind):
 
 
 def test_bad_rows():
-    with pytest.raises(ValueError, match="not a whole number of 256-weight blocks"):
-        qz.quantize(np.zeros((2, 288), np.float32), "Q4_K")
+    with pytest.raises(ValueError, match=r"576 weights are not a whole number of 256-weight blocks "
+                                         r"\(llama.cpp stores such a tensor as Q8_0\)"):
+        qz.quantize(np.zeros((2, 576), np.float32), "Q6_K")
+    with pytest.raises(ValueError, match=r"rows of 40 weights are not a whole number of 32-weight blocks$"):
+        qz.quantize(np.zeros((2, 40), np.float32), "Q4_0")
     with pytest.raises(ValueError, match="inf or NaN"):
         qz.quantize(np.full((1, 32), np.nan, np.float32), "Q8_0")

@@ -328,6 +328,10 @@ def _q6_k(x):
     return out
 
 
+# What llama.cpp stores instead when a row is not a whole number of 256-weight super-blocks
+# (llama-quant.cpp, tensor_type_fallback): SmolLM2-135M's rows of 576 are, in all but ffn_down.
+FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
 QUANTIZERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1,
               "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
 
@@ -337,14 +341,19 @@ def quantize(w: np.ndarray, kind: str) -> np.ndarray:
 
     w: (..., n) float32, n a multiple of the block (32, or 256 for K-quants) ->
     raw: (..., n // block * bytes) uint8, the rows as a GGUF file stores them
-    (``quants.dequantize(raw, kind)`` gives w back, within the type's error)."""
+    (``quants.dequantize(raw, kind)`` gives w back, within the type's error).
+
+    A matrix whose rows are not a multiple of 256 has no K-quant form in a GGUF file (llama.cpp
+    writes it as ``FALLBACK[kind]``); to measure a K-quant's error on it anyway, cut it into
+    super-blocks across rows: ``quantize(w.reshape(-1, 256), kind)``."""
     if kind not in QUANTIZERS:
         raise ValueError(f"cannot quantize to {kind}: supported types are {', '.join(QUANTIZERS)}")
     block, nbytes, _ = TYPES[kind]
     w = np.asarray(w, dtype=np.float32)
     if w.ndim == 0 or w.shape[-1] % block:
+        instead = f" (llama.cpp stores such a tensor as {FALLBACK[kind]})" if kind in FALLBACK else ""
         raise ValueError(f"{kind}: rows of {w.shape[-1] if w.ndim else 0} weights are not a whole "
-                         f"number of {block}-weight blocks")
+                         f"number of {block}-weight blocks{instead}")
     if not np.isfinite(w).all():
         raise ValueError(f"{kind}: the weights contain inf or NaN")
     blocks = w.reshape(-1, block)
