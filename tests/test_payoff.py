@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import llama_np
+from course import mistakes
 from course.checkers import check_close, check_dtype, check_equal
 from llama_np import attention, ffn, moe, norm, rope
 from llama_np.config import ModelConfig
@@ -60,6 +61,16 @@ def learner_route(x, router, k, kind="mixtral"):
     return moe.route(x @ router.T, k, kind)
 
 
+def learner_quantize_q8_0(w):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    return quantize(w, GGMLQuantizationType.Q8_0)
+
+
+def learner_packed_matmul(x, raw, dequantize, block_rows=64):
+    return np.concatenate([x @ dequantize(raw[a:a + block_rows]).T for a in range(0, len(raw), block_rows)], axis=1)
+
+
 def learner_moe_layer(x, layer, k, kind="mixtral"):
     cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
                       moe={"kind": kind})
@@ -90,6 +101,11 @@ PAYOFFS = {
                                                      lambda x, layer, k, kind: learner_moe_layer(
                                                          x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral")))},
                       2 + 4),                                                           # MoE layers of the two models
+    # c02 loads SmolLM2 and the fixture, c15 defines dequantize_q8_0 (given); every matrix quantized once
+    "13_quantization": (["c02", "c15", "c37", "c38"],
+                        {"quantize_q8_0": (learner_quantize_q8_0, mistakes.MISTAKES["quantize_q8_0"][2].fn),  # per row
+                         "packed_matmul": (learner_packed_matmul, mistakes.MISTAKES["packed_matmul"][0].fn)},  # first columns
+                        7 * SMOLLM2_LAYERS),
 }
 
 
