@@ -992,7 +992,7 @@ def _q8_0(how):
         scale = d16.astype(np.float32) if how == "f16 d" else d
         with np.errstate(divide="ignore"):
             inv = np.where(scale == 0, np.float32(0.0), np.float32(1.0) / scale)
-        x = blocks * inv
+        x = np.divide(blocks, scale, out=np.zeros_like(blocks), where=scale > 0) if how == "divide" else blocks * inv
         q = (np.rint(x) if how == "half even" else roundf(x)).astype(np.int8)
         if how == "per row":
             q = q.reshape(rows, n // 32, 32)
@@ -1007,6 +1007,8 @@ mistake("quantize_q8_0", "np.round / np.rint (round half to even) where llama.cp
         "(C's roundf)", "round half away from zero: np.sign(x) * np.floor(np.abs(x) + 0.5)")(_q8_0("half even"))
 mistake("quantize_q8_0", "the codes computed with the float16 scale: llama.cpp divides by the float32 d and "
         "only stores it as float16", "q = roundf(x * (1 / d)) with d in float32; then d.astype(np.float16)")(_q8_0("f16 d"))
+mistake("quantize_q8_0", "x / d where llama.cpp multiplies by the float32 reciprocal, x * (1 / d): the two "
+        "round differently near k + 0.5", "inv = 1 / d (float32, 0 where d == 0), then roundf(x * inv)")(_q8_0("divide"))
 mistake("quantize_q8_0", "one scale per row instead of one per block of 32",
         "reshape to (rows, n // 32, 32) and take max|w| over the last axis")(_q8_0("per row"))
 mistake("quantize_q8_0", "the scale stored after the 32 codes", "each block is d (2 bytes) first, then the 32 codes")(_q8_0("d last"))
@@ -1218,6 +1220,11 @@ def q8_inputs(rng):
     s = 2.0 ** -int(rng.integers(3, 10))
     w[pick[1]] = rng.integers(-254, 255, 32) / 2 * s
     w[pick[1], int(rng.integers(32))] = -127 * s
+    # near-ties: (k + 0.5) * d rounded to float32, where x / d and x * (1 / d) fall on either side of k + 0.5
+    d = np.float32(rng.uniform(0.01, 1.0))
+    near = (rng.integers(-127, 127, 32) + np.float32(0.5)).astype(np.float32) * d
+    near[0] = np.float32(127) * d
+    w[pick[2]] = near
     return w.reshape(rows, nb * 32).astype(np.float32)
 
 
