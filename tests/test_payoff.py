@@ -56,13 +56,9 @@ def causal(q, k, v):
     return attention.attention(q, k, v, k.shape[1] - q.shape[1])
 
 
-def learner_route(x, router, k, kind="mixtral"):
-    return moe.route(x @ router.T, k, kind)
-
-
-def learner_moe_layer(x, layer, k, kind="mixtral"):
+def learner_moe_layer(x, layer, k, kind="mixtral", shared=False):
     cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
-                      moe={"kind": kind})
+                      moe={"kind": kind, "shared_expert": shared})
     return moe.moe_forward(x, layer, cfg)
 
 
@@ -85,10 +81,12 @@ PAYOFFS = {
                SMOLLM2_LAYERS),                                                                   # wrong grouping
     "06_swiglu": (["c24"], {"swiglu": (ffn.swiglu, lambda x, w1, w2, w3: ffn.swiglu(x, w3, w2, w1))},
                   SMOLLM2_LAYERS),                                                                # gate <-> up
-    "10_moe_router": (["c17", "c18"], {"route": (learner_route, learner_route),
+    "10_moe_router": (["c17", "c18"], {"route": (moe.route,
+                                                 lambda logits, k, kind: moe.route(-logits, k, kind)),  # the worst k
                                        "moe_layer": (learner_moe_layer,
-                                                     lambda x, layer, k, kind: learner_moe_layer(
-                                                         x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral")))},
+                                                     lambda x, layer, k, kind, shared: learner_moe_layer(
+                                                         x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral"),
+                                                         shared))},                     # the other routing rule
                       2 + 4),                                                           # MoE layers of the two models
 }
 
