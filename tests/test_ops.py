@@ -83,14 +83,16 @@ def test_fused_layout_multiplies_each_stack_once():
 def test_moe_and_llama4_layers_call_the_ops(name):
     cfg = moe_config(name)
     params = nest(make_weights(name), cfg)
-    counted, counts = counting(moe=1, attention=1, apply_rope=1, rms_norm=1)
+    counted, counts = counting(moe=1, router=1, swiglu=1, attention=1, apply_rope=1, rms_norm=1)
     with np.errstate(divide="ignore", invalid="ignore"):     # Scout's rope scaling: an unused 0/0
         got = forward(params, cfg, IDS, ops=counted)
         want = forward(params, cfg, IDS)
     np.testing.assert_array_equal(got, want)
     n_moe = cfg.n_layers if cfg.moe.layers is None else len(cfg.moe.layers)
     rope_layers = sum(cfg.llama4.rope_layers) if cfg.llama4 and cfg.llama4.rope_layers else cfg.n_layers
-    assert counts["moe"] == n_moe and counts["attention"] >= cfg.n_layers
+    assert counts["moe"] == counts["router"] == n_moe and counts["attention"] >= cfg.n_layers
+    # every dense FFN, and in each MoE layer each expert used (and the shared one), runs ops.swiglu
+    assert counts["swiglu"] >= cfg.n_layers + (n_moe if cfg.moe.shared_expert else 0)
     assert counts["apply_rope"] == 2 * rope_layers
     assert counts["rms_norm"] == 2 * cfg.n_layers + 1 + (2 * rope_layers if cfg.llama4 and cfg.llama4.qk_norm else 0)
 
