@@ -35,8 +35,8 @@ weights) because a trial scale wins or loses by one rounding.
 
 Layout: the K-quant searches work on ``X (n, m)``, one *column* per sub-block (n = 32 or 16
 weights, m sub-blocks), so every step of the search is a handful of NumPy operations over all
-sub-blocks at once, and sums over a sub-block run down axis 0. ``quantize`` feeds them a few
-thousand super-blocks at a time, which keeps the working set in cache.
+sub-blocks at once, and sums over a sub-block run down axis 0. ``quantize`` feeds them 1024
+super-blocks at a time, which keeps the working set in cache (4096 was ~25 % slower here).
 """
 from __future__ import annotations
 
