@@ -355,40 +355,7 @@ from llama_np.weights import quants  # noqa: E402
 from llama_np.weights.packed import Int8Weight, pack, quantize_int8  # noqa: E402
 from tests.fixtures.llamacpp import make_fixtures as llamacpp  # noqa: E402
 
-PACKED = {"Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
-F16_AT = {"Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}   # where each block keeps its fp16 scales
-
-
-def random_gguf(kind: str, rows: int, n: int, seed: int = 0) -> quants.GGUFWeight:
-    """Random bytes in every code/scale/min field, finite fp16 scales (std 0.01)."""
-    rng = np.random.default_rng(seed)
-    block, nbytes, _ = quants.TYPES[kind]
-    raw = rng.integers(0, 256, size=(rows * (n // block), nbytes), dtype=np.uint8)
-    for off in F16_AT[kind]:
-        raw[:, off:off + 2] = (rng.standard_normal(len(raw)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return quants.GGUFWeight(raw.reshape(rows, -1), kind, n)
-
-
-def llamacpp_matrices(kind: str) -> list:
-    """Every matrix of type ``kind`` in the llama.cpp-quantized fixtures."""
-    from llama_np.weights import gguf as gguf_loader
-    out = []
-    for ftype in ("Q4_K_M", "Q6_K", "Q8_0"):
-        _, flat, _ = gguf_loader.load(str(llamacpp.path(ftype)), tokenizer=False, progress=False, dtype="packed")
-        out += [w for w in flat.values() if getattr(w, "kind", None) == kind]
-    assert out, kind
-    return out
-
-
-def assert_fp32_sum(y, w32, x, ulps: float = 16):
-    """y = w32 @ x up to float32 summation order: within ``ulps`` float32 ulps of each row's
-    scale sum_j |w_j x_j| (the sum's rounding grows with that, not with |y|). A single wrong weight
-    moves y by |w_j x_j|, about 1/n of that scale: thousands of ulps for these n. Measured: at most
-    0.3 (Q8_0), 0.6 (Q4_K), 0.5 (Q6_K) ulps on these matrices."""
-    ref = w32.astype(np.float64) @ x.astype(np.float64)
-    scale = np.abs(w32).astype(np.float64) @ np.abs(x).astype(np.float64)
-    err = np.abs(y - ref) / (scale * np.finfo(np.float32).eps)
-    assert err.max() <= ulps, f"{err.max():.1f} ulps of the row's sum of |w x|"
+from tests.gpu_emulator import PACKED, assert_fp32_sum, llamacpp_matrices, random_gguf  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", list(PACKED))
