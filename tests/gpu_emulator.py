@@ -427,6 +427,9 @@ def fake_cupy(rec: Recorder):
         def standard_normal(self, shape, dtype=np.float32):
             return self.rng.standard_normal(shape, dtype=dtype)
 
+        def randint(self, low, high=None, size=None, dtype=np.int64):
+            return self.rng.integers(low, high, size=size, dtype=dtype)
+
     class Device:
         def synchronize(self):
             pass
@@ -440,7 +443,7 @@ def fake_cupy(rec: Recorder):
         def synchronize(self):
             pass
 
-    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None, total_bytes=lambda: 0)
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
     cp.zeros = lambda *a, **k: np.zeros(*a, **k).view(DeviceArray)

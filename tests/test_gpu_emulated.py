@@ -212,7 +212,8 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     monkeypatch.setattr(bench, "use", fake_use)
     monkeypatch.setattr(gpu, "device_bandwidth", lambda *a, **k: 3.0e12)
     monkeypatch.setattr(bench, "SMOLLM2", dict(bench.SMOLLM2, n_layers=2, vocab_size=512))
-    monkeypatch.setattr(bench, "LLAMA3_8B", dict(bench.TINY, vocab_size=600))
+    # widths that hold whole Q4_K super-blocks (256), for the Q4_K_M stage
+    monkeypatch.setattr(bench, "LLAMA3_8B", dict(bench.TINY, dim=256, hidden_dim=512, vocab_size=600))
     monkeypatch.setattr("llama_np.weights.load_model", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     rc = bench.main(["--prompt-tokens", "16", "--new-tokens", "4", "--skip-transformers"])
     cap = capsys.readouterr()
@@ -220,6 +221,7 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     assert rc == 0, out + cap.err
     assert "all stages ran" in out and "limit" in out and "graph=True" in out
     assert "decode step by kernel" in out and "gemv w13" in out      # the per-kernel profile
+    assert "Q4_K_M, packed" in out and "llama_np Q4_K_M (greedy)" in out and "logits finite: True" in out
     pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
     cfg = bench.ModelConfig(**bench.TINY)
     t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
@@ -482,27 +484,27 @@ def test_packed_prefill_tiles_and_fp16(fp16_prefill, monkeypatch):
     np.testing.assert_array_equal(dw.rows([3, 39]), quants.dequantize(W.data, "Q4_K")[[3, 39]])
 
 
-def llamacpp_q4_k_m_type(name: str, n_layers: int) -> str:
-    """The type llama.cpp's quantizer gives each Llama tensor for Q4_K_M (llama_tensor_get_type):
-    Q6_K for the output head, and for attn_v and ffn_down of the layers ``use_more_bits`` picks
-    (the first and last eighth, and every third in between); Q4_K for the rest."""
-    def use_more_bits(i):
-        return i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
-    if name == "output":
-        return "Q6_K"
-    if name.startswith("layers.") and name.rsplit(".", 1)[1] in ("wv", "w2"):
-        return "Q6_K" if use_more_bits(int(name.split(".")[1])) else "Q4_K"
-    return "Q4_K"
+def gpu_benchmark():
+    """benchmarks/gpu.py as a module (it is a script, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "gpu_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 def test_q4_k_m_type_map_is_llamacpps():
-    """The rule above on the fixture llama.cpp quantized (1 layer) gives the types it wrote."""
+    """The benchmark's rule for llama.cpp's Q4_K_M types (q4_k_m_type, used below for 8B) gives,
+    on the fixture llama.cpp quantized (1 layer), the types it wrote."""
+    q4_k_m_type = gpu_benchmark().q4_k_m_type
     from llama_np.weights import gguf as gguf_loader
     cfg, flat, _ = gguf_loader.load(str(llamacpp.path("Q4_K_M")), tokenizer=False, progress=False, dtype="packed")
     for name, w in flat.items():
         if isinstance(w, np.ndarray):
             continue
-        assert w.kind == llamacpp_q4_k_m_type(name, cfg.n_layers), name
+        assert w.kind == q4_k_m_type(name, cfg.n_layers), name
 
 
 def test_llama3_8b_q4_k_m_fits_in_6_gb(rec, monkeypatch):
@@ -514,7 +516,7 @@ def test_llama3_8b_q4_k_m_fits_in_6_gb(rec, monkeypatch):
     from llama_np.model import param_shapes
     cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, hidden_dim=14336,
                       norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192)
-    fake = gpu._cp()
+    fake, q4_k_m_type = gpu._cp(), gpu_benchmark().q4_k_m_type
 
     def ghost(a, dtype=None):          # no copy: shapes and byte counts only
         return np.asarray(a, dtype=dtype) if dtype is not None else a
@@ -530,7 +532,7 @@ def test_llama3_8b_q4_k_m_fits_in_6_gb(rec, monkeypatch):
             flat[name] = np.ones(shape, np.float32)
             host += 4 * shape[0]
             continue
-        kind = llamacpp_q4_k_m_type(name, cfg.n_layers)
+        kind = q4_k_m_type(name, cfg.n_layers)
         block, nbytes, _ = quants.TYPES[kind]
         row = np.zeros((1, shape[1] // block * nbytes), np.uint8)
         flat[name] = quants.GGUFWeight(np.broadcast_to(row, (shape[0], row.shape[1])), kind, shape[1])
