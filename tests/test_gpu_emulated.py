@@ -542,3 +542,16 @@ def test_llama3_8b_q4_k_m_fits_in_6_gb(rec, monkeypatch):
     assert 4.85e9 < on_gpu < 4.95e9, on_gpu
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * 2048       # float32 K and V
     assert on_gpu + kv + 4 * gpu.PREFILL_TILE < 6e9
+
+
+def test_cli_loads_a_gguf_packed_for_the_gpu(rec, monkeypatch):
+    """--device gpu --model x.gguf maps the file packed, so its quantized blocks go up as stored
+    (not dequantized to float32 on the host and widened to bf16 on the GPU)."""
+    import llama_np.backend as backend
+    from llama_np import cli
+    monkeypatch.setattr(backend, "use", lambda device=None: gpu._cp())
+    monkeypatch.delenv("LLAMA_NP_GGUF_DTYPE", raising=False)
+    cfg, params, _ = cli._load(str(llamacpp.path("Q8_0")), "gpu")
+    assert params["layers"][0]["w13"].kind == "q8_0" and params["output"].kind == "q8_0"
+    monkeypatch.setenv("LLAMA_NP_GGUF_DTYPE", "float32")        # the user's choice still wins
+    assert cli._load(str(llamacpp.path("Q8_0")), "gpu")[1]["output"].kind == "bf16"
