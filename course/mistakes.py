@@ -875,8 +875,7 @@ mistake("load_safetensors", "tensors read into memory (copies) instead of memory
 
 
 # ============================================================ lesson 10: mixture of experts
-def _route(x, w_router, k, kind="mixtral", how=""):
-    logits = x @ w_router.T
+def _route(logits, k, kind="mixtral", how=""):
     experts = np.argsort((logits if how == "ascending" else -logits), axis=-1, kind="stable")[:, :k]
     chosen = np.take_along_axis(logits, experts, axis=-1)
     if (kind == "mixtral") != (how == "swapped"):
@@ -888,16 +887,16 @@ def _route(x, w_router, k, kind="mixtral", how=""):
 
 
 mistake("route", "the k largest probabilities not renormalised (mixtral)",
-        "Mixtral divides the kept k probabilities by their sum")(lambda x, w, k, kind="mixtral": _route(x, w, k, kind, "no renorm"))
+        "Mixtral divides the kept k probabilities by their sum")(lambda logits, k, kind="mixtral": _route(logits, k, kind, "no renorm"))
 mistake("route", "the experts chosen by the SMALLEST logits", "sort descending: np.argsort(-logits, axis=-1)[:, :k]")(
-    lambda x, w, k, kind="mixtral": _route(x, w, k, kind, "ascending"))
+    lambda logits, k, kind="mixtral": _route(logits, k, kind, "ascending"))
 mistake("route", "the two kinds' gates swapped (softmax for llama4, sigmoid for mixtral)",
         "mixtral: softmax over all experts, renormalised over the kept k; llama4: a sigmoid of each kept logit")(
-    lambda x, w, k, kind="mixtral": _route(x, w, k, kind, "swapped"))
+    lambda logits, k, kind="mixtral": _route(logits, k, kind, "swapped"))
 
 
 def _moe(how):
-    def moe_layer(x, layer, k, kind):
+    def moe_layer(x, layer, k, kind="mixtral", shared=False):
         import llama_np.moe as moe
         from llama_np.ffn import swiglu
         experts, gates = moe.route(x @ layer["router"].T, k, kind)
@@ -912,7 +911,7 @@ def _moe(how):
                     out[t] += swiglu(x[t:t + 1] * g, *w)[0]
                 else:
                     out[t] += swiglu(x[t:t + 1], *w)[0] * g
-        if "shared_w1" in layer and how != "no shared":
+        if shared and how != "no shared":
             out += swiglu(x, layer["shared_w1"], layer["shared_w2"], layer["shared_w3"])
         return out
     return moe_layer
@@ -1461,11 +1460,10 @@ def _cases() -> dict[str, Case]:
             T, dim, E = int(rng.integers(1, 40)), int(rng.integers(4, 64)), int(rng.choice([4, 8, 16]))
             x = rng.standard_normal((T, dim), dtype=np.float32)
             w = rng.standard_normal((E, dim), dtype=np.float32) / np.float32(np.sqrt(dim))
-            return x, w, int(rng.integers(1, 3)), kind
+            return x @ w.T, int(rng.integers(1, 3)), kind
         return make
-    route_ref = lambda x, w, k, kind: llama_np.moe.route(x @ w.T, k, kind)
     for kind in ("mixtral", "llama4"):
-        cases[f"route ({kind})"] = Case(route_ref, router_in(kind), n_trials=5)
+        cases[f"route ({kind})"] = Case(llama_np.moe.route, router_in(kind), n_trials=5)
     def layer_in(kind, shared):
         def make(rng):
             T, dim, F, E = int(rng.integers(1, 50)), 16, 24, int(rng.choice([4, 6, 8]))
@@ -1474,11 +1472,11 @@ def _cases() -> dict[str, Case]:
                      "experts_w3": w(E, F, dim)}
             if shared:
                 layer.update({"shared_w1": w(F, dim), "shared_w2": w(dim, F), "shared_w3": w(F, dim)})
-            return rng.standard_normal((T, dim), dtype=np.float32), layer, int(rng.integers(1, 3)), kind
+            return rng.standard_normal((T, dim), dtype=np.float32), layer, int(rng.integers(1, 3)), kind, shared
         return make
-    def moe_ref(x, layer, k, kind):
+    def moe_ref(x, layer, k, kind, shared):
         cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
-                          moe={"kind": kind})
+                          moe={"kind": kind, "shared_expert": shared})
         return llama_np.moe.moe_forward(x, layer, cfg)
     for kind, shared in [("mixtral", False), ("llama4", True), ("llama4", False)]:
         cases[f"moe_layer ({kind}{', shared expert' if shared else ''})"] = Case(moe_ref, layer_in(kind, shared), n_trials=3)

@@ -6,6 +6,7 @@
 ``with_ops`` is the one way a lesson puts its function into the model: it returns a
 ``llama_np.ops.Ops`` with that function in place of the library's, which ``llama_np.forward``
 then calls on every layer (nothing in the library is patched, so nothing needs putting back).
+Loading has no ops: lesson 09 puts its loader functions into ``load_model`` with ``swapped``.
 ``check_smollm2`` runs SmolLM2-135M-Instruct with those ops on "The capital of France is" and the
 30 tokens transformers generated after it, and compares with transformers' logits for the 35
 positions (``course/fixtures/smollm2/reference.npz``, installed with the package, made by ``make_fixtures.py`` beside it:
@@ -14,6 +15,7 @@ tests/test_payoff.py runs every lesson's payoff cell with a counting and with a 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import numpy as np
 
@@ -27,9 +29,28 @@ ATOL = 1e-3
 
 def with_ops(**fns):
     """The library's ops with some replaced: ``with_ops(attention=my_attention)``. Names:
-    rms_norm, rope_frequencies, apply_rope, attention, swiglu, moe (see ``llama_np.ops``)."""
+    rms_norm, rope_frequencies, apply_rope, attention, swiglu, router, moe (see ``llama_np.ops``)."""
     from llama_np.ops import DEFAULT
     return DEFAULT.replace(**fns)
+
+
+@contextlib.contextmanager
+def swapped(*patches):
+    """patches: (module, name, function); ``module.name`` is that function inside the ``with``
+    block only. For the loaders of lesson 09, which ``load_model`` reaches through module
+    attributes (a model's steps take ``with_ops`` instead). A name the module does not have is an
+    error: set anyway, it would never be called and the check would pass on the library's code."""
+    for module, name, fn in patches:
+        if not callable(getattr(module, name, None)):
+            raise AttributeError(f"{module.__name__} has no function {name} to swap")
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, fn in patches:
+        setattr(module, name, fn)
+    try:
+        yield
+    finally:
+        for module, name, real in reversed(saved):
+            setattr(module, name, real)
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,8 +32,12 @@ def _load(model, device: str = "cpu"):
     from .model import fuse, nest
     from .weights import load_model
     use(device)  # first: a missing GPU is reported before seconds of loading
-    cfg, flat, tok = load_model(model)
-    if device == "gpu":   # uploaded once, 16-bit ($LLAMA_NP_GPU_DTYPE: bf16, fp16 or float32)
+    kw = {}
+    if device == "gpu" and model is not None and str(model).endswith(".gguf") \
+            and not os.environ.get("LLAMA_NP_GGUF_DTYPE"):
+        kw["dtype"] = "packed"   # Q8_0/Q4_K/Q6_K blocks go to the GPU as stored (gpu.upload): 8B Q4_K_M in 4.9 GB
+    cfg, flat, tok = load_model(model, **kw)
+    if device == "gpu":   # uploaded once, 16-bit ($LLAMA_NP_GPU_DTYPE: bf16, fp16 or float32) or packed
         from .gpu import upload
         return cfg, upload(flat, cfg, os.environ.get("LLAMA_NP_GPU_DTYPE", "bf16")), tok
     params = nest(fuse(flat, cfg), cfg)   # wq|wk|wv and w1|w3 stacked: fewer, larger products

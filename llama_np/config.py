@@ -59,13 +59,6 @@ class MoE:
             object.__setattr__(self, "shared_expert", self.kind == "llama4")
 
 
-@dataclass(frozen=True)
-class AttnTemperature:
-    """Llama 4's query scale on NoPE layers (``llama4.attn_temperature``)."""
-    floor_scale: float = 8192.0
-    attn_scale: float = 0.1
-
-
 def _typed(cls, value):
     """A settings dataclass from itself, a dict of its fields, or None (dicts are accepted so that
     configs can be written out as plain keyword arguments)."""
@@ -74,6 +67,31 @@ def _typed(cls, value):
     if isinstance(value, dict):
         return cls(**value)
     raise TypeError(f"expected {cls.__name__}, a dict of its fields or None; got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class AttnTemperature:
+    """Llama 4's query scale on NoPE layers (``llama4.attn_temperature``)."""
+    floor_scale: float = 8192.0
+    attn_scale: float = 0.1
+
+
+@dataclass(frozen=True)
+class Llama4Attention:
+    """How Llama 4's attention differs from Llama 1-3 (llama4.py). Each default is Llama 1-3's
+    behaviour, so an instance lists exactly the changes a model makes; ``from_hf_config`` fills in
+    transformers' Llama 4 defaults for what a config.json leaves out."""
+    rope_layers: tuple | None = None   # rope_layers[i] == 0: layer i is "NoPE"; None: RoPE on every layer
+    qk_norm: bool = False              # RMS-normalise q and k (no gain) on RoPE layers
+    attn_temperature: AttnTemperature | None = None   # scale NoPE queries up with position
+    attention_chunk_size: int | None = None           # RoPE layers attend only within their chunk
+
+    def __post_init__(self):
+        if self.rope_layers is not None:
+            object.__setattr__(self, "rope_layers", tuple(int(f) for f in self.rope_layers))
+        object.__setattr__(self, "attn_temperature", _typed(AttnTemperature, self.attn_temperature))
+        # 0 and None both mean "no chunks", as in transformers' config
+        object.__setattr__(self, "attention_chunk_size", int(self.attention_chunk_size or 0) or None)
 
 
 @dataclass
@@ -94,14 +112,7 @@ class ModelConfig:
     n_experts: int = 0
     n_experts_per_tok: int = 0
     moe: MoE | None = None
-    # Llama 4 attention (defaults = Llama 1-3; see llama4.py): rope_layers[i] = 0 makes layer i
-    # a "NoPE" layer (None: RoPE everywhere); qk_norm RMS-normalises q and k (no gain) on RoPE
-    # layers; attn_temperature scales NoPE queries up with position; attention_chunk_size makes
-    # RoPE layers attend only within their chunk of positions.
-    rope_layers: list | None = None
-    qk_norm: bool = False
-    attn_temperature: AttnTemperature | None = None
-    attention_chunk_size: int | None = None
+    llama4: Llama4Attention | None = None   # Llama 4's attention (NoPE layers, qk-norm...); None: Llama 1-3's
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -114,7 +125,9 @@ class ModelConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         # Every default of the settings below is decided here, once.
         self.rope_scaling = _typed(RopeScaling, self.rope_scaling)
-        self.attn_temperature = _typed(AttnTemperature, self.attn_temperature)
+        self.llama4 = _typed(Llama4Attention, self.llama4)
+        if self.llama4 and self.llama4.rope_layers is not None and len(self.llama4.rope_layers) != self.n_layers:
+            raise ValueError(f"llama4.rope_layers has {len(self.llama4.rope_layers)} flags for {self.n_layers} layers")
         moe = _typed(MoE, self.moe or None)
         if moe is None and self.n_experts:
             moe = MoE()
@@ -123,15 +136,9 @@ class ModelConfig:
         self.moe = moe if self.n_experts else None
 
     @property
-    def has_llama4_attention(self) -> bool:
-        """Does any layer attend the Llama 4 way (NoPE layers, qk-norm, chunks)? See llama4.py."""
-        return (self.rope_layers is not None or self.qk_norm or self.attn_temperature is not None
-                or bool(self.attention_chunk_size))
-
-    @property
     def is_dense_llama(self) -> bool:
         """A plain dense Llama (1, 2, 3): RoPE on every layer, no qk-norm, full attention, no experts."""
-        return not self.has_llama4_attention and not self.n_experts
+        return self.llama4 is None and not self.n_experts
 
     @property
     def n_rep(self) -> int:
@@ -187,10 +194,10 @@ class ModelConfig:
             raise ValueError(f"unsupported rope scaling type {rtype!r}")
         n_heads = cfg["num_attention_heads"]
         n_experts = int(cfg.get("num_local_experts", 0) or 0)
-        hidden, moe, extra = cfg["intermediate_size"], None, {}
+        hidden, moe, llama4 = cfg["intermediate_size"], None, None
         kind = str(cfg.get("model_type") or "mixtral")
         if kind.startswith("llama4"):
-            hidden, moe, extra = _llama4_fields(cfg)
+            hidden, moe, llama4 = _llama4_fields(cfg)
         elif n_experts:
             if kind != "mixtral":
                 raise ValueError(f"unsupported mixture-of-experts model_type {kind!r} (mixtral, llama4)")
@@ -203,7 +210,7 @@ class ModelConfig:
                    max_seq_len=int(cfg.get("max_position_embeddings", 4096)),
                    head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
                    n_experts=n_experts, n_experts_per_tok=int(cfg.get("num_experts_per_tok", 0) or 0), moe=moe,
-                   **extra)
+                   llama4=llama4)
 
     # -------------------------------------------------------------------- GGUF
     @classmethod
@@ -233,7 +240,7 @@ class ModelConfig:
 
 
 def _llama4_fields(cfg: dict):
-    """Llama 4 text config -> (dense FFN width, moe dict, attention fields), with the defaults of
+    """Llama 4 text config -> (dense FFN width, MoE, Llama4Attention), with the defaults of
     transformers' ``Llama4TextConfig`` for keys a config.json leaves out (or leaves empty)."""
     n = cfg["num_hidden_layers"]
     step = int(cfg.get("interleave_moe_layer_step", 1))
@@ -242,14 +249,13 @@ def _llama4_fields(cfg: dict):
     moe = MoE(kind="llama4", expert_dim=int(cfg["intermediate_size"]), layers=layers, shared_expert=True)
     # "no_rope_layers" is a list of flags where 1 means *use* RoPE; by default every 4th layer is NoPE.
     interval = int(cfg.get("no_rope_layer_interval", 4))
-    rope_layers = [int(f) for f in (cfg.get("no_rope_layers") or
-                                    [int((i + 1) % interval != 0) for i in range(n)])]
+    rope_layers = cfg.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
     temperature = None
     if cfg.get("attn_temperature_tuning", True):
         temperature = AttnTemperature(floor_scale=float(cfg.get("floor_scale", AttnTemperature.floor_scale)),
                                       attn_scale=float(cfg.get("attn_scale", AttnTemperature.attn_scale)))
-    chunk = cfg.get("attention_chunk_size", 8192)
-    extra = {"rope_layers": rope_layers, "qk_norm": bool(cfg.get("use_qk_norm", True)),
-             "attn_temperature": temperature, "attention_chunk_size": int(chunk) if chunk else None}
+    attention = Llama4Attention(rope_layers=rope_layers, qk_norm=bool(cfg.get("use_qk_norm", True)),
+                                attn_temperature=temperature,
+                                attention_chunk_size=cfg.get("attention_chunk_size", 8192))
     # Dense layers use intermediate_size_mlp; every expert (and the shared one) intermediate_size.
-    return int(cfg.get("intermediate_size_mlp", cfg["intermediate_size"])), moe, extra
+    return int(cfg.get("intermediate_size_mlp", cfg["intermediate_size"])), moe, attention

@@ -28,12 +28,23 @@ host-driven loop from 146 to 156 tok/s; fusing RMSNorm into the products, 139 ->
 earlier run; the on-device greedy argmax, 156 -> 163. The same step as separate CuPy array
 operations (model.forward) ran 13.2 tok/s.
 
+**Quantized weights** stay packed on the GPU: GGUF's Q8_0, Q4_K and Q6_K blocks exactly as the
+file stores them, and llama_np's int8 (codes and a scale per row), are uploaded as they are
+(``PackedDeviceWeight``) and dequantized in registers by their own matrix-vector kernels
+(llama_np/kernels/gemv_q8_0.cu, gemv_q4_k.cu, gemv_q6_k.cu, gemv_int8.cu), so Llama 3 8B Q4_K_M
+takes its file's 4.9 GB of GPU memory, not 16 GB of bf16, and a decode step reads 4.6 GB instead
+of 15. A prefill dequantizes each such matrix a tile of rows at a time (``PREFILL_TILE`` weights,
+fp16 or float32 after ``PREFILL``) into a reused scratch buffer and multiplies the tile with cuBLAS.
+Which kernel a product runs is decided once, at upload, by the weight's class: the model code
+calls ``matmul``/``gemv`` and never asks. (Not yet measured on a GPU: see benchmarks/gpu_session.sh.)
+
 Importing this module never imports CuPy; everything that needs it calls ``_cp()``.
 """
 from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +63,14 @@ PREFILL = os.environ.get("LLAMA_NP_GPU_PREFILL", "fp16")
 PREFILL_MODES = ("fp16", "float32")
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
 ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
+#: GGUF block types with kernels here, kept packed on the GPU (GGUF name -> kernel suffix). Any
+#: other GGUF type (Q4_0, Q5_K, ...) is widened to the upload's 16-bit dtype instead.
+GGUF_KINDS = {"Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
+#: kernel suffix -> (weights per block, bytes per block); int8 is one byte a weight plus a scale a row
+PACKED_BLOCKS = {"q8_0": (32, 34), "q4_k": (256, 144), "q6_k": (256, 210), "int8": (16, 16)}
+#: weights of a packed matrix dequantized at a time in a prefill: 32 MB of fp16, 64 MB of float32
+#: scratch, reused (Llama 3 8B's output head, 525 M weights, is 32 tiles)
+PREFILL_TILE = 1 << 24
 
 
 def _cp():
@@ -208,6 +227,153 @@ class DeviceWeight:
         cp = _cp()
         return self.widen(self.data[cp.asarray(np.asarray(ids, dtype=np.int64).reshape(-1))])
 
+    def embed_launch(self, state, x):
+        """(kernel, grid, args) that writes row state[0] of W, widened, into x (the Decoder's
+        embedding lookup, recorded in its graph)."""
+        dim = self.data.shape[1]
+        return "embed_" + self.kind, _grid(dim), (self.data, state, x, np.int32(dim))
+
+
+_scratch = {}
+
+
+def _scratch_buffer(n: int, dtype):
+    """A reused device buffer of at least n elements of dtype (the prefill's dequantized tiles):
+    allocated once per process and dtype, grown when a larger tile asks for it."""
+    cp = _cp()
+    key = np.dtype(dtype).str
+    buf = _scratch.get(key)
+    if buf is None or buf.size < n:
+        buf = _scratch[key] = cp.empty(n, dtype=dtype)
+    return buf[:n]
+
+
+class PackedDeviceWeight:
+    """A (out, in) matrix on the GPU kept as it was stored: ``kind`` "q8_0", "q4_k" or "q6_k"
+    (GGUF blocks, ``data`` (out, bytes a row) uint8, the file's own bytes) or "int8" (``data``
+    (out, in) int8 codes and ``scales`` (out,) float32). Same interface as ``DeviceWeight``:
+    ``gemv`` runs ``gemv_<kind>`` (dequantized in registers), ``matmul`` of many tokens
+    dequantizes tiles of rows into a scratch buffer for cuBLAS, ``rows`` and ``embed_launch``
+    dequantize single rows (``dequant_<kind>_f32``)."""
+    is_packed = True
+
+    def __init__(self, data, kind: str, n_in: int, scales=None):
+        if kind not in PACKED_BLOCKS:
+            raise ValueError(f"no GPU kernels for packed weights of kind {kind!r}")
+        block, nbytes = PACKED_BLOCKS[kind]
+        if n_in % block or data.shape[1] != n_in // block * nbytes or (kind == "int8") != (scales is not None):
+            raise ValueError(f"{kind}: packed data of shape {data.shape} does not hold rows of {n_in} weights")
+        self.data, self.kind, self.n_in, self.scales = data, kind, n_in, scales
+
+    @property
+    def shape(self):
+        return (self.data.shape[0], self.n_in)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
+
+    def _packed(self) -> tuple:
+        """The kernels' first arguments: the blocks (and int8's scales)."""
+        return (self.data,) if self.scales is None else (self.data, self.scales)
+
+    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
+        """y (+)= W @ x, as ``DeviceWeight.gemv`` (``norm=(g, eps)`` fuses RMSNorm in)."""
+        rows, n = self.shape
+        grid, i32 = _grid(rows * 32), np.int32
+        if norm is None:
+            kernel("gemv_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, y, i32(rows), i32(n), i32(accumulate)))
+        else:
+            g, eps = norm
+            kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, g, y, i32(rows), i32(n),
+                                                              np.float32(eps)))
+
+    def dequant_launch(self, ids, out, n_rows: int):
+        """(kernel, grid, args): rows ids[0:n_rows] of W into ``out`` (n_rows * in values), float32
+        or fp16 after out's dtype (uint16 bits or float16 for fp16)."""
+        suffix = "_f32" if out.dtype == np.float32 else "_f16"
+        n = self.n_in
+        return ("dequant_" + self.kind + suffix, _grid(n_rows * n),
+                (*self._packed(), ids, out, np.int32(n_rows), np.int32(n)))
+
+    def embed_launch(self, state, x):
+        """(kernel, grid, args) that writes row state[0] of W, dequantized, into x."""
+        return self.dequant_launch(state, x, 1)
+
+    def _run(self, launch) -> None:
+        name, grid, args = launch
+        kernel(name)(grid, (BLOCK,), args)
+
+    def rows(self, ids):
+        """W[ids] as float32 (T, in): the embedding lookup of a prefill."""
+        cp = _cp()
+        ids = cp.asarray(np.asarray(ids, dtype=np.int32).reshape(-1))
+        out = cp.empty((ids.size, self.n_in), dtype=cp.float32)
+        self._run(self.dequant_launch(ids, out, int(ids.size)))
+        return out
+
+    def matmul(self, x):
+        """x @ W.T in float32: the gemv kernel for one token; for many, tiles of PREFILL_TILE
+        weights dequantized (fp16 for the tensor cores, or float32: ``PREFILL``) and cuBLAS."""
+        cp = _cp()
+        x = cp.ascontiguousarray(x, dtype=cp.float32)
+        x2 = x.reshape(-1, x.shape[-1])
+        rows, n = self.shape
+        y = cp.empty((x2.shape[0], rows), dtype=cp.float32)
+        if x2.shape[0] == 1:
+            self.gemv(x2[0], y[0])
+            return y.reshape(*x.shape[:-1], rows)
+        half = _prefill_mode() == "fp16"
+        xh = x2.astype(cp.float16) if half else x2
+        tile = max(1, min(rows, PREFILL_TILE // n))
+        buf = _scratch_buffer(tile * n, cp.uint16 if half else cp.float32)
+        for r0 in range(0, rows, tile):
+            r1 = min(rows, r0 + tile)
+            w = buf[:(r1 - r0) * n]
+            self._run(self.dequant_launch(cp.arange(r0, r1, dtype=cp.int32), w, r1 - r0))
+            if half:
+                y[:, r0:r1] = (xh @ w.view(cp.float16).reshape(r1 - r0, n).T).astype(cp.float32)
+            else:
+                y[:, r0:r1] = xh @ w.reshape(r1 - r0, n).T
+        return y.reshape(*x.shape[:-1], rows)
+
+    def __repr__(self):
+        return f"PackedDeviceWeight(shape={self.shape}, kind={self.kind}, {self.nbytes / 2**20:.1f} MiB)"
+
+
+class DeviceStack:
+    """Row blocks of different kinds stacked as one matrix: wq|wk|wv of a Q4_K_M file are Q4_K,
+    Q4_K and Q6_K. ``parts`` are device weights with the same ``in``; each runs its own kernel
+    into its rows of the output (same-kind neighbours are joined into one part at upload)."""
+    is_packed = True
+    kind = "stack"
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.bounds, start = [], 0
+        for w in self.parts:
+            self.bounds.append((start, start + w.shape[0]))
+            start += w.shape[0]
+
+    @property
+    def shape(self):
+        return (self.bounds[-1][1], self.parts[0].shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.parts)
+
+    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
+        for w, (a, b) in zip(self.parts, self.bounds):
+            w.gemv(x, y[a:b], accumulate=accumulate, norm=norm)
+
+    def matmul(self, x):
+        cp = _cp()
+        return cp.concatenate([w.matmul(x) for w in self.parts], axis=-1)
+
+    def __repr__(self):
+        return f"DeviceStack({', '.join(repr(w) for w in self.parts)})"
+
 
 def _to_bits(w, dtype: str):
     """Host matrix (float32 array or a llama_np.weights.packed weight) -> (host array, kind)."""
@@ -226,12 +392,37 @@ def _to_bits(w, dtype: str):
     return np.ascontiguousarray(w32), "f32"
 
 
-def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
+class Packed(NamedTuple):
+    """A matrix to upload as stored (``PackedDeviceWeight``): kernel kind, the packed data (host or
+    device), the number of weights a row, int8's scales."""
+    kind: str
+    data: object
+    n_in: int
+    scales: object = None
+
+
+def _stored_form(w, kind: str, packed: bool = True):
+    """Host matrix -> what ``assemble`` uploads: a ``Packed`` for GGUF blocks with kernels here and
+    int8 weights (when ``packed``), else ``kind`` bits (``_to_bits``)."""
+    from .weights.packed import Int8Weight
+    from .weights.quants import GGUFWeight
+    perm = getattr(w, "out_perm", None)
+    if packed and isinstance(w, GGUFWeight) and w.kind in GGUF_KINDS:
+        return Packed(GGUF_KINDS[w.kind], w.data if perm is None else w.data[perm], w.n_in)
+    if packed and isinstance(w, Int8Weight):
+        q, s = (w.data, w.scales) if perm is None else (w.data[perm], w.scales[perm])
+        return Packed("int8", q, q.shape[1], s)
+    return _to_bits(w, kind)[0]
+
+
+def upload(params: dict, cfg, dtype: str = "bf16", packed: bool = True) -> dict:
     """Weights (flat or nested, as loaded on the host) -> nested weights on the GPU, uploaded once.
 
-    Matrices become ``DeviceWeight``s in ``dtype`` ("bf16", "f16" or "float32"); wq|wk|wv and
-    w1|w3 are stacked (``model.FUSED``) so a decode step reads x once per stack; norms stay float32.
-    Only plain Llama layers (no mixture of experts) are supported here.
+    Matrices become ``DeviceWeight``s in ``dtype`` ("bf16", "f16" or "float32"), except, with
+    ``packed`` (the default), GGUF Q8_0/Q4_K/Q6_K matrices and int8 ones, which go up as stored
+    (``PackedDeviceWeight``: no widening, the file's bytes). wq|wk|wv and w1|w3 are stacked
+    (``model.FUSED``) so a decode step reads x once per stack (a stack of mixed kinds is a
+    ``DeviceStack``); norms stay float32. Only plain Llama layers (no mixture of experts).
     """
     kind = {"bf16": "bf16", "fp16": "f16", "f16": "f16", "float32": "f32", "f32": "f32"}.get(dtype)
     if kind is None:
@@ -242,30 +433,77 @@ def upload(params: dict, cfg, dtype: str = "bf16") -> dict:
 
     def stored(name):     # converted one tensor at a time: never a second host copy of the model
         w = flat[name]
-        return _to_bits(w, kind)[0] if len(w.shape) == 2 else np.asarray(w, dtype=np.float32)
+        return _stored_form(w, kind, packed) if len(w.shape) == 2 else np.asarray(w, dtype=np.float32)
     return assemble(stored, cfg, kind)
 
 
+def _device_weight(forms: list, kind: str):
+    """Stored forms of row blocks (one matrix, or the parts of a stack) -> one device weight:
+    neighbours of the same kind are concatenated into one weight; a stack of several kinds
+    becomes a ``DeviceStack`` of them."""
+    cp = _cp()
+    groups = []          # [(kind of the group, [forms])]
+    for f in forms:
+        k = f.kind if isinstance(f, Packed) else kind
+        if groups and groups[-1][0] == k:
+            groups[-1][1].append(f)
+        else:
+            groups.append((k, [f]))
+
+    def join(arrays):
+        arrays = [cp.asarray(a) for a in arrays]
+        return arrays[0] if len(arrays) == 1 else cp.concatenate(arrays)
+    weights = []
+    for k, fs in groups:
+        if isinstance(fs[0], Packed):
+            scales = None if fs[0].scales is None else join([f.scales for f in fs])
+            weights.append(PackedDeviceWeight(join([f.data for f in fs]), k, fs[0].n_in, scales))
+        else:
+            weights.append(DeviceWeight(join(fs), k))
+    return weights[0] if len(weights) == 1 else DeviceStack(weights)
+
+
 def assemble(stored, cfg, kind: str) -> dict:
-    """Nested params of DeviceWeights from ``stored(name)``, which returns each tensor of
-    ``model.param_shapes(cfg)`` in its stored form (matrices as ``kind`` bits or float32, norm
-    gains float32), on the host or already on the GPU. Stacks wq|wk|wv and w1|w3 as ``model.FUSED``
-    orders them; a tied model's head is its embedding table."""
+    """Nested params of device weights from ``stored(name)``, which returns each tensor of
+    ``model.param_shapes(cfg)`` in its stored form (matrices as ``kind`` bits or float32, or a
+    ``Packed``; norm gains float32), on the host or already on the GPU. Stacks wq|wk|wv and w1|w3
+    as ``model.FUSED`` orders them; a tied model's head is its embedding table."""
     cp = _cp()
     out = {}
     for i in range(cfg.n_layers):
         p = f"layers.{i}."
         for fused, parts in FUSED:
-            out[p + fused] = DeviceWeight(cp.concatenate([cp.asarray(stored(p + n)) for n in parts]), kind)
+            out[p + fused] = _device_weight([stored(p + n) for n in parts], kind)
         for n in ("wo", "w2"):
-            out[p + n] = DeviceWeight(cp.asarray(stored(p + n)), kind)
+            out[p + n] = _device_weight([stored(p + n)], kind)
         for n in ("attention_norm", "ffn_norm"):
             out[p + n] = cp.asarray(stored(p + n), dtype=cp.float32)
     out["norm"] = cp.asarray(stored("norm"), dtype=cp.float32)
-    out["tok_embeddings"] = DeviceWeight(cp.asarray(stored("tok_embeddings")), kind)
+    out["tok_embeddings"] = _device_weight([stored("tok_embeddings")], kind)
     out["output"] = (out["tok_embeddings"] if cfg.tie_embeddings
-                     else DeviceWeight(cp.asarray(stored("output")), kind))
+                     else _device_weight([stored("output")], kind))
     return nest(out, cfg)
+
+
+def device_nbytes(params: dict) -> int:
+    """Bytes the uploaded weights hold on the GPU: every weight and norm once (a stack's parts,
+    which the model also names wq, wk, ..., and a tied head are not counted twice)."""
+    from .weights.fuse import RowSlice
+    seen, total = set(), 0
+
+    def walk(v):
+        nonlocal total
+        if isinstance(v, dict):
+            for u in v.values():
+                walk(u)
+        elif isinstance(v, (list, tuple)):
+            for u in v:
+                walk(u)
+        elif not isinstance(v, RowSlice) and id(v) not in seen:
+            seen.add(id(v))
+            total += int(v.nbytes)
+    walk(params)
+    return total
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -346,8 +584,7 @@ class Decoder:
             f = kernel(name)
             return lambda: f(grid, (block,), args, shared_mem=shared_mem)
 
-        emb = P["tok_embeddings"]
-        out = [("embed", k("embed_" + emb.kind, _grid(D), (emb.data, self.state, self.x, i32(D))))]
+        out = [("embed", k(*P["tok_embeddings"].embed_launch(self.state, self.x)))]
         for i, layer in enumerate(P["layers"]):
             out += [
                 ("gemv wqkv", lambda L=layer: L["wqkv"].gemv(self.x, self.qkv, norm=(L["attention_norm"], eps))),
@@ -476,5 +713,5 @@ def forward_gpu(params, cfg, tokens, start_pos: int = 0, cache=None, last_only: 
     return to_numpy(forward(params, cfg, tokens, start_pos, cache, last_only))
 
 
-__all__ = ["Decoder", "DeviceWeight", "assemble", "decode_limit",
-           "device_bandwidth", "forward_gpu", "kernel", "rms_norm", "upload"]
+__all__ = ["Decoder", "DeviceStack", "DeviceWeight", "Packed", "PackedDeviceWeight", "assemble", "decode_limit",
+           "device_bandwidth", "device_nbytes", "forward_gpu", "kernel", "rms_norm", "upload"]

@@ -105,14 +105,14 @@ def feed_forward(x, layer: dict, cfg, ops=DEFAULT):
 
 def experts_feed_forward(x, layer: dict, cfg, ops=DEFAULT):
     """x: (T, dim) -> (T, dim): a mixture of experts in place of the FFN (moe.py)."""
-    return ops.moe(x, layer, cfg)
+    return ops.moe(x, layer, cfg, ops)
 
 
 def layer_functions(cfg, n_layers: int | None = None) -> list:
     """[(attention, feed_forward)] of each layer (cfg.n_layers of them unless given), from the
     config alone: a plain Llama layer, Llama 4's attention (NoPE layers, qk-norm, chunks), and
     experts where the config puts them."""
-    attention = llama4.attention_block if cfg.has_llama4_attention else attention_block
+    attention = attention_block if cfg.llama4 is None else llama4.attention_block
     n = cfg.n_layers if n_layers is None else n_layers
     return [(attention, experts_feed_forward if is_moe_layer(cfg, i) else feed_forward) for i in range(n)]
 

@@ -26,7 +26,7 @@ Per-layer weights (Meta-style names; matrices (out, in) like the rest of llama_n
     router              (E, dim)
     experts_w1 / w3     (E, F, dim)    gate / up projection of each expert
     experts_w2          (E, dim, F)    down projection
-    shared_w1 / w3      (F, dim)       Llama 4's shared expert (absent when there is none)
+    shared_w1 / w3      (F, dim)       Llama 4's shared expert (when ``cfg.moe.shared_expert``)
     shared_w2           (dim, F)
 ``experts_w*`` may also be a list of E matrices (packed 16-bit weights from a loader): the code
 only ever indexes ``w[e]``.
@@ -154,13 +154,24 @@ def recording():
         _records = saved
 
 
-def moe_forward(x, layer: dict, cfg):
-    """x: (T, dim) normalised hidden states -> (T, dim), the MoE replacement for the FFN."""
+def _default_ops(ops):
+    # ops.py imports this module (its defaults are ``route`` and ``moe_forward``), so the default
+    # instance can only be looked up once both are loaded, i.e. at call time.
+    if ops is None:
+        from .ops import DEFAULT as ops
+    return ops
+
+
+def moe_forward(x, layer: dict, cfg, ops=None):
+    """x: (T, dim) normalised hidden states -> (T, dim), the MoE replacement for the FFN.
+    ``ops.router`` chooses the experts and ``ops.swiglu`` runs them (``llama_np.ops``; the
+    library's own by default)."""
+    ops = _default_ops(ops)
     xp = array_module(x)
     kind = moe_kind(cfg)
     T, k = x.shape[0], cfg.n_experts_per_tok
     logits = linear(x, layer["router"])                               # (T, E)
-    experts, gates = route(logits, k, kind)                           # (T, k) each
+    experts, gates = ops.router(logits, k, kind)                      # (T, k) each
     if _records is not None:
         _records.append({"logits": logits, "experts": experts, "gates": gates})
     out = xp.zeros_like(x)
@@ -174,12 +185,12 @@ def moe_forward(x, layer: dict, cfg):
         g = flat_gates[pos][:, None]                  # (n_e, 1)
         w1, w2, w3 = layer["experts_w1"][e], layer["experts_w2"][e], layer["experts_w3"][e]
         if kind == "llama4":
-            y = swiglu(x[tok] * g, w1, w2, w3)        # gate scales the expert's input
+            y = ops.swiglu(x[tok] * g, w1, w2, w3)    # gate scales the expert's input
         else:
-            y = swiglu(x[tok], w1, w2, w3) * g        # gate scales the expert's output
+            y = ops.swiglu(x[tok], w1, w2, w3) * g    # gate scales the expert's output
         out[tok] += y                                 # tok has no repeats within one expert
-    if "shared_w1" in layer:                          # Llama 4: every token also gets the shared FFN
-        out += swiglu(x, layer["shared_w1"], layer["shared_w2"], layer["shared_w3"])
+    if cfg.moe.shared_expert:                         # Llama 4: every token also gets the shared FFN
+        out += ops.swiglu(x, layer["shared_w1"], layer["shared_w2"], layer["shared_w3"])
     return out
 
 
@@ -197,7 +208,7 @@ def moe_forward_dense(x, layer: dict, cfg):
         g = full[:, e:e + 1]
         # SwiGLU(0) = 0 (no biases), so a zero input gate is a zero output, as in transformers.
         out += swiglu(x * g, w1, w2, w3) if kind == "llama4" else swiglu(x, w1, w2, w3) * g
-    if "shared_w1" in layer:
+    if cfg.moe.shared_expert:
         out += swiglu(x, layer["shared_w1"], layer["shared_w2"], layer["shared_w3"])
     return out
 

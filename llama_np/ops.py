@@ -22,7 +22,8 @@ class Ops:
     apply_rope: Callable = rope.apply_rope                # (x (..., T, d), cos, sin) -> like x
     attention: Callable = _attention.attention            # (q (H, T, d), k, v (KV, S, d), start_pos) -> (H, T, d)
     swiglu: Callable = ffn.swiglu                         # (x, w1, w2, w3) -> (T, dim)
-    moe: Callable = moe.moe_forward                       # (x, layer, cfg) -> (T, dim), an MoE layer's FFN
+    router: Callable = moe.route                          # (logits (T, E), k, kind) -> experts (T, k), gates (T, k)
+    moe: Callable = moe.moe_forward                       # (x, layer, cfg, ops) -> (T, dim), an MoE layer's FFN
 
     def replace(self, **fns) -> "Ops":
         """A copy with some functions replaced: ``DEFAULT.replace(attention=mine)``."""

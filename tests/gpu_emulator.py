@@ -129,6 +129,209 @@ def swiglu(h13, a, F):
     a[:F] = g / (1.0 + np.exp(-g)) * h13[F:2 * F]
 
 
+# ------------------------------------------------- packed weights (gemv_q8_0/q4_k/q6_k/int8.cu)
+# Each ``_dot_*`` follows its kernel's arithmetic, vectorised over rows and blocks: the same split
+# of a block between lanes (``part``), the same bytes and bit fields for each weight, the scales
+# taken out of the same partial sums (Q4_K's min times the sum of x). tests/test_gpu_emulated.py
+# checks them against quants.dequantize + a matrix product; tests/test_gpu.py the kernels against them.
+def _blocks(W, rows, n, per: int, nbytes: int):
+    """(rows, bytes a row) uint8 -> (rows, blocks a row, bytes a block)."""
+    rows, n = int(rows), int(n)
+    W = np.asarray(W)
+    assert W.shape == (rows, n // per * nbytes) and W.dtype == np.uint8, (W.shape, W.dtype)
+    return W.reshape(rows, n // per, nbytes)
+
+
+def _f16_at(b, off: int):
+    """The fp16 at byte ``off`` of every block, as float32 (rows, blocks)."""
+    return np.ascontiguousarray(b[..., off:off + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _dot_q8_0(W, x, rows, n):
+    b = _blocks(W, rows, n, 32, 34)
+    d = _f16_at(b, 0)
+    q = b[..., 2:].view(np.int8).astype(np.float32).reshape(*b.shape[:2], 4, 8)   # 4 lanes, 8 codes each
+    s = (q * x.reshape(-1, 4, 8)).sum(-1)                                       # each lane's sum
+    return (d[..., None] * s).sum((1, 2))
+
+
+def _q4_k_scale_min(b, j: int):
+    """q4_k_scale_min: sub-block j's 6-bit scale and min, from bytes 4-15 of every block."""
+    s0, s1, s2 = b[..., 4:8].astype(np.uint32), b[..., 8:12].astype(np.uint32), b[..., 12:16].astype(np.uint32)
+    if j < 4:
+        return (s0[..., j] & 63).astype(np.float32), (s1[..., j] & 63).astype(np.float32)
+    sc = (s2[..., j - 4] & 15) | ((s0[..., j - 4] >> 6) << 4)
+    m = (s2[..., j - 4] >> 4) | ((s1[..., j - 4] >> 6) << 4)
+    return sc.astype(np.float32), m.astype(np.float32)
+
+
+def _dot_q4_k(W, x, rows, n):
+    b = _blocks(W, rows, n, 256, 144)
+    d, dmin = _f16_at(b, 0), _f16_at(b, 2)
+    xs = x.reshape(-1, 256)
+    acc = np.zeros(b.shape[:2], dtype=np.float32)
+    for part in range(8):                          # the eight lanes of a super-block
+        k, l0 = part >> 1, 16 * (part & 1)
+        q = b[..., 16 + 16 * part: 32 + 16 * part]                        # its 16 bytes of codes
+        xl, xh = xs[:, 64 * k + l0: 64 * k + l0 + 16], xs[:, 64 * k + 32 + l0: 64 * k + 48 + l0]
+        sl = ((q & 15).astype(np.float32) * xl).sum(-1)
+        sh = ((q >> 4).astype(np.float32) * xh).sum(-1)
+        (sc1, m1), (sc2, m2) = _q4_k_scale_min(b, 2 * k), _q4_k_scale_min(b, 2 * k + 1)
+        acc += (d * sc1) * sl - (dmin * m1) * xl.sum(-1) + (d * sc2) * sh - (dmin * m2) * xh.sum(-1)
+    return acc.sum(1)
+
+
+def _dot_q6_k(W, x, rows, n):
+    b = _blocks(W, rows, n, 256, 210)
+    d = _f16_at(b, 208)
+    xs = x.reshape(-1, 256)
+    acc = np.zeros(b.shape[:2], dtype=np.float32)
+    for part in range(8):                          # the eight lanes of a super-block
+        h, l0 = part >> 2, 8 * (part & 3)
+        A = b[..., 64 * h + l0: 64 * h + l0 + 8]                  # ql[l]
+        B = b[..., 64 * h + 32 + l0: 64 * h + 40 + l0]            # ql[l + 32]
+        H = b[..., 128 + 32 * h + l0: 136 + 32 * h + l0]          # qh[l]
+        sc = b[..., 192 + 8 * h: 200 + 8 * h].view(np.int8).astype(np.float32)
+        for quarter in range(4):
+            lo = B if quarter & 1 else A
+            shift = 4 if quarter & 2 else 0
+            q = (((lo >> shift) & 15) | (((H >> (2 * quarter)) & 3) << 4)).astype(np.int32) - 32
+            t = (q.astype(np.float32) * xs[:, 128 * h + 32 * quarter + l0: 128 * h + 32 * quarter + l0 + 8]).sum(-1)
+            acc += (d * sc[..., (l0 >> 4) + 2 * quarter]) * t
+    return acc.sum(1)
+
+
+def _dot_int8(Q, s, x, rows, n):
+    assert Q.shape == (int(rows), int(n)) and Q.dtype == np.int8 and s.shape == (int(rows),)
+    return (Q.astype(np.float32) @ x) * s
+
+
+def _norm_x(x, g, n, eps):
+    return x / np.sqrt((x * x).mean() + np.float32(eps)) * g
+
+
+def _gemv_packed(dot):
+    def run(W, x, y, rows, n, acc):
+        assert x.shape == (int(n),) and y.shape == (int(rows),)
+        r = dot(W, x, rows, n)
+        y[...] = y + r if int(acc) else r
+    return run
+
+
+def _gemv_norm_packed(dot):
+    def run(W, x, g, y, rows, n, eps):
+        assert x.shape == g.shape == (int(n),) and y.shape == (int(rows),)
+        y[...] = dot(W, _norm_x(x, g, n, eps), rows, n)
+    return run
+
+
+def gemv_int8(Q, s, x, y, rows, n, acc):
+    assert x.shape == (int(n),) and y.shape == (int(rows),)
+    r = _dot_int8(Q, s, x, rows, n)
+    y[...] = y + r if int(acc) else r
+
+
+def gemv_norm_int8(Q, s, x, g, y, rows, n, eps):
+    y[...] = _dot_int8(Q, s, _norm_x(x, g, n, eps), rows, n)
+
+
+def _row_ids(ids, n_rows):
+    return np.asarray(ids).reshape(-1)[: int(n_rows)].astype(np.int64)
+
+
+def _store(out, w, f16: bool):
+    flat = out.reshape(-1)
+    flat[: w.size] = w.astype(np.float16).view(np.uint16).reshape(-1) if f16 else w.reshape(-1)
+
+
+def _deq_q8_0(W, ids, n):
+    j = np.arange(n)
+    b = W.reshape(W.shape[0], n // 32, 34)[_row_ids(*ids)]
+    d = _f16_at(b, 0)[:, j // 32]
+    return d * b[:, j // 32, 2 + j % 32].view(np.int8).astype(np.float32)
+
+
+def _deq_q4_k(W, ids, n):
+    j = np.arange(n)
+    b = W.reshape(W.shape[0], n // 256, 144)[_row_ids(*ids)]
+    sb, jj = j // 256, j % 256
+    k, hi, l = jj // 64, (jj % 64) // 32, jj % 32
+    scm = [_q4_k_scale_min(b, i) for i in range(8)]
+    sc = np.stack([a for a, _ in scm], -1)[:, sb, 2 * k + hi]
+    m = np.stack([c for _, c in scm], -1)[:, sb, 2 * k + hi]
+    byte = b[:, sb, 16 + 32 * k + l]
+    q = np.where(hi == 1, byte >> 4, byte & 15).astype(np.float32)
+    return (_f16_at(b, 0)[:, sb] * sc) * q - _f16_at(b, 2)[:, sb] * m
+
+
+def _deq_q6_k(W, ids, n):
+    j = np.arange(n)
+    b = W.reshape(W.shape[0], n // 256, 210)[_row_ids(*ids)]
+    sb, jj = j // 256, j % 256
+    h, quarter, l = jj // 128, (jj % 128) // 32, jj % 32
+    lo = b[:, sb, 64 * h + 32 * (quarter & 1) + l]
+    hi = (b[:, sb, 128 + 32 * h + l] >> (2 * quarter)) & 3
+    q = (np.where(quarter & 2, lo >> 4, lo) & 15 | (hi << 4)).astype(np.int32) - 32
+    sc = b[:, sb, 192 + 8 * h + 2 * quarter + l // 16].view(np.int8).astype(np.float32)
+    return (_f16_at(b, 208)[:, sb] * sc) * q.astype(np.float32)
+
+
+def _dequant(deq, f16: bool):
+    def run(W, ids, out, n_rows, n):
+        _store(out, deq(np.asarray(W), (ids, n_rows), int(n)), f16)
+    return run
+
+
+def _dequant_int8(f16: bool):
+    def run(Q, s, ids, out, n_rows, n):
+        r = _row_ids(ids, n_rows)
+        _store(out, Q[r].astype(np.float32) * s[r][:, None], f16)
+    return run
+
+
+# ------------------------------------------------------------------ shared by both GPU test files
+PACKED = {"Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
+F16_AT = {"Q8_0": [0], "Q4_K": [0, 2], "Q6_K": [208]}   # where each block keeps its fp16 scales
+
+
+def random_gguf(kind: str, rows: int, n: int, seed: int = 0):
+    """Random bytes in every code/scale/min field, finite fp16 scales (std 0.01)."""
+    from llama_np.weights import quants
+    rng = np.random.default_rng(seed)
+    block, nbytes, _ = quants.TYPES[kind]
+    raw = rng.integers(0, 256, size=(rows * (n // block), nbytes), dtype=np.uint8)
+    for off in F16_AT[kind]:
+        raw[:, off:off + 2] = (rng.standard_normal(len(raw)) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return quants.GGUFWeight(raw.reshape(rows, -1), kind, n)
+
+
+def llamacpp_matrices(kind: str) -> list:
+    """Every matrix of type ``kind`` in the llama.cpp-quantized fixtures."""
+    from llama_np.weights import gguf as gguf_loader
+    from tests.fixtures.llamacpp import make_fixtures as llamacpp
+    out = []
+    for ftype in ("Q4_K_M", "Q6_K", "Q8_0"):
+        _, flat, _ = gguf_loader.load(str(llamacpp.path(ftype)), tokenizer=False, progress=False, dtype="packed")
+        out += [w for w in flat.values() if getattr(w, "kind", None) == kind]
+    assert out, kind
+    return out
+
+
+def assert_fp32_sum(y, w32, x, ulps: float = 16):
+    """y = w32 @ x up to float32 summation order: within ``ulps`` float32 ulps of each row's
+    scale sum_j |w_j x_j| (the sum's rounding grows with that, not with |y|). A single wrong weight
+    moves y by |w_j x_j|, about 1/n of that scale: thousands of ulps for these n. Measured: at most
+    0.3 (Q8_0), 0.6 (Q4_K), 0.5 (Q6_K) ulps on these matrices."""
+    ref = w32.astype(np.float64) @ x.astype(np.float64)
+    scale = np.abs(w32).astype(np.float64) @ np.abs(x).astype(np.float64)
+    err = np.abs(y - ref) / (scale * np.finfo(np.float32).eps)
+    assert err.max() <= ulps, f"{err.max():.1f} ulps of the row's sum of |w x|"
+
+
+PACKED_DOTS = {"q8_0": _dot_q8_0, "q4_k": _dot_q4_k, "q6_k": _dot_q6_k}
+DEQUANTS = {"q8_0": _deq_q8_0, "q4_k": _deq_q4_k, "q6_k": _deq_q6_k}
+
+
 KERNELS = {
     "gemv_bf16": _gemv("bf16"), "gemv_f16": _gemv("f16"), "gemv_f32": _gemv("f32"),
     "gemv_norm_bf16": _gemv_norm("bf16"), "gemv_norm_f16": _gemv_norm("f16"), "gemv_norm_f32": _gemv_norm("f32"),
@@ -136,7 +339,14 @@ KERNELS = {
     "widen_bf16": _widen_kernel("bf16"), "widen_f16": _widen_kernel("f16"), "bf16_to_f16": bf16_to_f16,
     "rms_norm": rms_norm, "embed_bf16": _embed("bf16"), "embed_f16": _embed("f16"), "embed_f32": _embed("f32"),
     "rope_store": rope_store, "attn_partial": attn_partial, "attn_combine": attn_combine, "swiglu": swiglu,
+    "gemv_int8": gemv_int8, "gemv_norm_int8": gemv_norm_int8,
+    "dequant_int8_f32": _dequant_int8(False), "dequant_int8_f16": _dequant_int8(True),
 }
+for _kind, _dot in PACKED_DOTS.items():
+    KERNELS[f"gemv_{_kind}"] = _gemv_packed(_dot)
+    KERNELS[f"gemv_norm_{_kind}"] = _gemv_norm_packed(_dot)
+    KERNELS[f"dequant_{_kind}_f32"] = _dequant(DEQUANTS[_kind], False)
+    KERNELS[f"dequant_{_kind}_f16"] = _dequant(DEQUANTS[_kind], True)
 
 
 class Recorder:
@@ -217,6 +427,9 @@ def fake_cupy(rec: Recorder):
         def standard_normal(self, shape, dtype=np.float32):
             return self.rng.standard_normal(shape, dtype=dtype)
 
+        def randint(self, low, high=None, size=None, dtype=np.int64):
+            return self.rng.integers(low, high, size=size, dtype=dtype)
+
     class Device:
         def synchronize(self):
             pass
@@ -230,7 +443,7 @@ def fake_cupy(rec: Recorder):
         def synchronize(self):
             pass
 
-    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None, total_bytes=lambda: 0)
     cp = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     cp.__version__ = "emulated"
     cp.zeros = lambda *a, **k: np.zeros(*a, **k).view(DeviceArray)
@@ -273,3 +486,36 @@ def check_against_transformers(gpu, name: str) -> None:
     host = lambda a: np.array(to_numpy(a))      # a copy: the Decoder reuses its logits buffer  # noqa: E731
     rows = [host(dec.prefill(ids[:n0]))] + [host(dec.step(int(t))) for t in ids[n0:]]
     assert_close(np.stack(rows), fx["logits"][n0 - 1:], REFERENCE_ULPS)
+
+
+def check_packed_fixture(gpu, ftype: str, host=np.asarray) -> None:
+    """A tiny model quantized by llama.cpp itself (tests/fixtures/llamacpp/tiny-<ftype>.gguf),
+    uploaded packed (no widening), against llama_np's NumPy path on the same packed weights
+    (``GGUFWeight.matmul``: quants.dequantize, checked bit for bit against the ``gguf`` package,
+    then BLAS): the model code's prefill and the Decoder's steps within 1e-3 of the logits' scale,
+    and the same greedy tokens. ``host`` brings an array back (cupy.asnumpy on a GPU).
+    Runs on the real GPU (tests/test_gpu.py) or on this emulation (tests/test_gpu_emulated.py)."""
+    from llama_np.kv_cache import new_cache
+    from llama_np.model import forward, nest
+    from llama_np.weights import gguf as gguf_loader
+    from tests.fixtures.llamacpp import make_fixtures as mf
+    cfg, flat, _ = gguf_loader.load(str(mf.path(ftype)), tokenizer=False, progress=False, dtype="packed")
+    ids = [int(t) for t in mf.IDS]
+    params = nest(dict(flat), cfg)
+    ref = forward(params, cfg, ids)
+    cache, want = new_cache(cfg, len(ids) + 8), []
+    logits = forward(params, cfg, ids[:8], 0, cache, last_only=True)
+    for i in range(8):
+        want.append(int(np.argmax(logits[-1])))
+        logits = forward(params, cfg, [want[-1]], 8 + i, cache)
+    dev = gpu.upload(flat, cfg)
+    kinds = {getattr(p, "kind", None) for layer in dev["layers"] for p in layer.values()}
+    assert kinds & {"q8_0", "q4_k", "q6_k"}, kinds          # uploaded packed, not widened
+    tol = 1e-3 * float(np.abs(ref).max())
+    out = host(gpu.forward_gpu(dev, cfg, ids))
+    assert np.abs(out - ref).max() <= tol, (ftype, np.abs(out - ref).max(), tol)
+    n0 = len(ids) // 3
+    dec = gpu.Decoder(dev, cfg, max_len=len(ids) + 8)
+    rows = [np.array(host(dec.prefill(ids[:n0])))] + [np.array(host(dec.step(int(t)))) for t in ids[n0:]]
+    assert np.abs(np.stack(rows) - ref[n0 - 1:]).max() <= tol, (ftype, np.abs(np.stack(rows) - ref[n0 - 1:]).max())
+    assert gpu.Decoder(dev, cfg, max_len=len(ids) + 8).greedy(ids[:8], 8) == want

@@ -281,3 +281,100 @@ def test_tensor_core_prefill_on_smollm2(smollm2, dtype, monkeypatch):
           f"relative to the largest logit {np.abs(out - ref).max() / np.abs(ref).max():.2e}")
     emu.assert_within_fp16_prefill_bound(out, ref)
     assert gpu.Decoder(dev, cfg, max_len=64).greedy(ids, 24) == want
+
+
+# ------------------------------------------------------------------ quantized weights, packed
+# GGUF Q8_0 / Q4_K / Q6_K blocks and llama_np's int8, uploaded as stored and dequantized in the
+# kernels (llama_np/kernels/gemv_q8_0.cu, gemv_q4_k.cu, gemv_q6_k.cu, gemv_int8.cu). Products within
+# emu.assert_fp32_sum of the float64 product of quants.dequantize's weights (float32 summation
+# order only); dequantized rows bit for bit those of quants.dequantize.
+@pytest.mark.parametrize("kind", list(emu.PACKED))
+@pytest.mark.parametrize("rows,n", [(1, 256), (37, 512), (300, 4096), (3, 14336)])
+def test_packed_gemv_kernels(kind, rows, n):
+    from llama_np.weights import quants
+    W = emu.random_gguf(kind, rows, n, seed=rows)
+    w32 = quants.dequantize(W.data, kind)
+    x = rng.standard_normal(n, dtype=np.float32)
+    g = (1 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+    y0 = rng.standard_normal(rows, dtype=np.float32)
+    name, i32 = emu.PACKED[kind], np.int32
+    grid = gpu._grid(rows * 32)
+    (y,) = run(f"gemv_{name}", grid, (gpu.BLOCK,), (W.data, x, np.zeros(rows, np.float32), i32(rows), i32(n), i32(0)), [2])
+    emu.assert_fp32_sum(y, w32, x)
+    (y,) = run(f"gemv_{name}", grid, (gpu.BLOCK,), (W.data, x, y0.copy(), i32(rows), i32(n), i32(1)), [2])
+    emu.assert_fp32_sum(y - y0, w32, x, ulps=32)
+    (y,) = run(f"gemv_norm_{name}", grid, (gpu.BLOCK,), (W.data, x, g, np.zeros(rows, np.float32), i32(rows), i32(n),
+                                                          np.float32(1e-5)), [3])
+    xn = (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g).astype(np.float32)
+    emu.assert_fp32_sum(y, w32, xn)
+
+
+@pytest.mark.parametrize("kind", list(emu.PACKED))
+def test_packed_dequant_kernels(kind):
+    from llama_np.weights import quants
+    for W in emu.llamacpp_matrices(kind) + [emu.random_gguf(kind, 9, 1024, seed=7)]:
+        rows, n = W.shape
+        ids = np.array([rows - 1, 0, rows // 2], dtype=np.int32)
+        want = quants.dequantize(W.data, kind)[ids]
+        args = (W.data, ids, np.zeros(len(ids) * n, np.float32), np.int32(len(ids)), np.int32(n))
+        (out,) = run(f"dequant_{emu.PACKED[kind]}_f32", gpu._grid(len(ids) * n), (gpu.BLOCK,), args, [2])
+        np.testing.assert_array_equal(out.reshape(want.shape).view(np.uint32), want.view(np.uint32))
+        args = (W.data, ids, np.zeros(len(ids) * n, np.uint16), np.int32(len(ids)), np.int32(n))
+        (half,) = run(f"dequant_{emu.PACKED[kind]}_f16", gpu._grid(len(ids) * n), (gpu.BLOCK,), args, [2])
+        np.testing.assert_array_equal(half.reshape(want.shape), want.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("rows,n", [(5, 64), (300, 4096), (3, 14336)])
+def test_int8_kernels(rows, n):
+    from llama_np.weights.packed import Int8Weight, quantize_int8
+    q, s = quantize_int8(rng.standard_normal((rows, n), dtype=np.float32))
+    w32 = Int8Weight(q, s).to_float32()
+    x = rng.standard_normal(n, dtype=np.float32)
+    g = (1 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+    i32 = np.int32
+    (y,) = run("gemv_int8", gpu._grid(rows * 32), (gpu.BLOCK,), (q, s, x, np.zeros(rows, np.float32), i32(rows), i32(n),
+                                                                 i32(0)), [3])
+    emu.assert_fp32_sum(y, w32, x)
+    (y,) = run("gemv_norm_int8", gpu._grid(rows * 32), (gpu.BLOCK,), (q, s, x, g, np.zeros(rows, np.float32), i32(rows),
+                                                                      i32(n), np.float32(1e-5)), [4])
+    emu.assert_fp32_sum(y, w32, (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g).astype(np.float32))
+    ids = np.array([rows - 1, 0], np.int32)
+    (out,) = run("dequant_int8_f32", gpu._grid(2 * n), (gpu.BLOCK,), (q, s, ids, np.zeros(2 * n, np.float32), i32(2),
+                                                                      i32(n)), [3])
+    np.testing.assert_array_equal(out.reshape(2, n), w32[ids])
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "Q8_0"])
+def test_llamacpp_fixture_packed_on_gpu(ftype):
+    """Tiny models quantized by llama.cpp, uploaded packed: logits within 1e-3 of the NumPy packed
+    path's scale, prefill and decode, and the same greedy tokens (emu.check_packed_fixture)."""
+    emu.check_packed_fixture(gpu, ftype, host=cp.asnumpy)
+
+
+def test_llamacpp_fixture_packed_fp16_prefill(monkeypatch):
+    """The default prefill on packed weights: fp16 tiles on the tensor cores, within its bound."""
+    from llama_np.weights import gguf as gguf_loader
+    from tests.fixtures.llamacpp import make_fixtures as mf
+    cfg, flat, _ = gguf_loader.load(str(mf.path("Q4_K_M")), tokenizer=False, progress=False, dtype="packed")
+    ids = [int(t) for t in mf.IDS]
+    use("cpu")
+    ref = forward(nest(dict(flat), cfg), cfg, ids)
+    use("gpu")
+    monkeypatch.setattr(gpu, "PREFILL", "fp16")
+    emu.assert_within_fp16_prefill_bound(gpu.forward_gpu(gpu.upload(flat, cfg), cfg, ids), ref)
+
+
+@pytest.mark.parametrize("name", ["llama3_gqa", "tied"])
+def test_int8_model_on_gpu(name):
+    from llama_np.weights.packed import pack
+    cfg, w, ids = config(name), make_weights(name), make_ids(name)
+    flat = {k: pack(v, "int8") if v.ndim == 2 else v for k, v in w.items()}
+    params = nest(dict(flat), cfg)
+    cache = new_cache(cfg, 32)
+    ref = [forward(params, cfg, ids[:12], 0, cache, last_only=True)[0]]
+    ref += [forward(params, cfg, [t], 12 + i, cache)[0] for i, t in enumerate(ids[12:20])]
+    dev = gpu.upload(flat, cfg)
+    assert dev["layers"][0]["wo"].kind == "int8"
+    dec = gpu.Decoder(dev, cfg, max_len=32)
+    rows = [cp.asnumpy(dec.prefill(ids[:12]))] + [cp.asnumpy(dec.step(int(t))) for t in ids[12:20]]
+    np.testing.assert_allclose(np.stack(rows), np.stack(ref), atol=1e-4)

@@ -212,7 +212,8 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     monkeypatch.setattr(bench, "use", fake_use)
     monkeypatch.setattr(gpu, "device_bandwidth", lambda *a, **k: 3.0e12)
     monkeypatch.setattr(bench, "SMOLLM2", dict(bench.SMOLLM2, n_layers=2, vocab_size=512))
-    monkeypatch.setattr(bench, "LLAMA3_8B", dict(bench.TINY, vocab_size=600))
+    # widths that hold whole Q4_K super-blocks (256), for the Q4_K_M stage
+    monkeypatch.setattr(bench, "LLAMA3_8B", dict(bench.TINY, dim=256, hidden_dim=512, vocab_size=600))
     monkeypatch.setattr("llama_np.weights.load_model", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     rc = bench.main(["--prompt-tokens", "16", "--new-tokens", "4", "--skip-transformers"])
     cap = capsys.readouterr()
@@ -220,6 +221,7 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     assert rc == 0, out + cap.err
     assert "all stages ran" in out and "limit" in out and "graph=True" in out
     assert "decode step by kernel" in out and "gemv w13" in out      # the per-kernel profile
+    assert "Q4_K_M, packed" in out and "llama_np Q4_K_M (greedy)" in out and "logits finite: True" in out
     pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
     cfg = bench.ModelConfig(**bench.TINY)
     t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
@@ -345,3 +347,211 @@ def test_tensor_core_prefill_on_smollm2(fp16_prefill):
     rounded = {k: bf16_to_f32(f32_to_bf16(v)) if v.ndim == 2 else v for k, v in flat.items()}
     ref = forward(nest(rounded, cfg), cfg, ids)
     gpu_emulator.assert_within_fp16_prefill_bound(forward(gpu.upload(flat, cfg, "bf16"), cfg, ids), ref)
+
+
+# ------------------------------------------------------------------ quantized weights, packed
+# The kernels' arithmetic (gpu_emulator's _dot_* and _deq_*, which follow gemv_q8_0/q4_k/q6_k/
+# int8.cu lane by lane) against quants.dequantize + a product: on blocks llama.cpp wrote and on
+# random blocks, where every code, scale and min field takes all its values.
+from llama_np.weights import quants  # noqa: E402
+from llama_np.weights.packed import Int8Weight, pack, quantize_int8  # noqa: E402
+from tests.fixtures.llamacpp import make_fixtures as llamacpp  # noqa: E402
+
+from tests.gpu_emulator import PACKED, assert_fp32_sum, llamacpp_matrices, random_gguf  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", list(PACKED))
+@pytest.mark.parametrize("source", ["llamacpp", "random"])
+def test_packed_gemv_arithmetic(kind, source):
+    rng = np.random.default_rng(1)
+    mats = llamacpp_matrices(kind) if source == "llamacpp" else \
+        [random_gguf(kind, 24, 256), random_gguf(kind, 16, 1024, seed=1), random_gguf(kind, 5, 4096, seed=2)]
+    for W in mats:
+        rows, n = W.shape
+        w32 = quants.dequantize(W.data, kind)
+        x = rng.standard_normal(n, dtype=np.float32)
+        g = (1 + 0.2 * rng.standard_normal(n)).astype(np.float32)
+        y = rng.standard_normal(rows, dtype=np.float32)
+        y0 = y.copy()
+        gpu_emulator.KERNELS["gemv_" + PACKED[kind]](W.data, x, y, np.int32(rows), np.int32(n), np.int32(1))
+        assert_fp32_sum(y - y0, w32, x, ulps=32)      # accumulate: y0 + W x (one more rounding)
+        gpu_emulator.KERNELS["gemv_" + PACKED[kind]](W.data, x, y, np.int32(rows), np.int32(n), np.int32(0))
+        assert_fp32_sum(y, w32, x)
+        gpu_emulator.KERNELS["gemv_norm_" + PACKED[kind]](W.data, x, g, y, np.int32(rows), np.int32(n),
+                                                          np.float32(1e-5))
+        xn = (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g).astype(np.float32)
+        assert_fp32_sum(y, w32, xn)
+
+
+@pytest.mark.parametrize("kind", list(PACKED))
+def test_packed_dequant_is_bit_exact(kind):
+    """dequant_<kind>_f32 (embedding rows, prefill tiles) = quants.dequantize, bit for bit; the
+    fp16 variant is that rounded to nearest even."""
+    for W in llamacpp_matrices(kind) + [random_gguf(kind, 7, 512, seed=3)]:
+        rows, n = W.shape
+        ids = np.array([rows - 1, 0, rows // 2, rows - 1], dtype=np.int32)
+        want = quants.dequantize(W.data, kind)[ids]
+        out = np.full(len(ids) * n, np.nan, np.float32)
+        gpu_emulator.KERNELS[f"dequant_{PACKED[kind]}_f32"](W.data, ids, out, np.int32(len(ids)), np.int32(n))
+        np.testing.assert_array_equal(out.reshape(want.shape).view(np.uint32), want.view(np.uint32))
+        half = np.zeros(len(ids) * n, np.uint16)
+        gpu_emulator.KERNELS[f"dequant_{PACKED[kind]}_f16"](W.data, ids, half, np.int32(len(ids)), np.int32(n))
+        np.testing.assert_array_equal(half.reshape(want.shape), want.astype(np.float16).view(np.uint16))
+
+
+def test_int8_kernels_arithmetic():
+    rng = np.random.default_rng(4)
+    q, s = quantize_int8(rng.standard_normal((37, 4096), dtype=np.float32))
+    W = Int8Weight(q, s)
+    w32 = W.to_float32()
+    x, g = rng.standard_normal(4096, dtype=np.float32), (1 + 0.1 * rng.standard_normal(4096)).astype(np.float32)
+    y = np.zeros(37, np.float32)
+    gpu_emulator.gemv_int8(q, s, x, y, np.int32(37), np.int32(4096), np.int32(0))
+    assert_fp32_sum(y, w32, x)
+    gpu_emulator.gemv_norm_int8(q, s, x, g, y, np.int32(37), np.int32(4096), np.float32(1e-5))
+    assert_fp32_sum(y, w32, (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g).astype(np.float32))
+    ids = np.array([3, 36], np.int32)
+    out = np.zeros(2 * 4096, np.float32)
+    gpu_emulator.KERNELS["dequant_int8_f32"](q, s, ids, out, np.int32(2), np.int32(4096))
+    np.testing.assert_array_equal(out.reshape(2, 4096), W.rows(ids))
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "Q8_0"])
+def test_llamacpp_fixture_uploaded_packed(rec, ftype):
+    """The orchestration: packed upload (Q4_K_M's wq|wk|wv is Q4_K, Q4_K, Q6_K: a DeviceStack),
+    tiled prefill, the Decoder's gemv and embedding kernels, vs the NumPy packed path."""
+    gpu_emulator.check_packed_fixture(gpu, ftype)
+
+
+def test_packed_upload_keeps_the_files_bytes(rec):
+    from llama_np.weights import gguf as gguf_loader
+    cfg, flat, _ = gguf_loader.load(str(llamacpp.path("Q4_K_M")), tokenizer=False, progress=False, dtype="packed")
+    dev = gpu.upload(flat, cfg)
+    layer = dev["layers"][0]
+    assert isinstance(layer["wqkv"], gpu.DeviceStack) and [w.kind for w in layer["wqkv"].parts] == ["q4_k", "q6_k"]
+    np.testing.assert_array_equal(layer["wqkv"].parts[0].data, np.concatenate([flat["layers.0.wq"].data,
+                                                                              flat["layers.0.wk"].data]))
+    assert layer["w2"].kind == "q6_k" and layer["w2"].data is not None
+    np.testing.assert_array_equal(layer["w2"].data, flat["layers.0.w2"].data)
+    assert dev["tok_embeddings"].kind == "q4_k" and dev["output"].kind == "q6_k"
+    assert gpu.device_nbytes(dev) == sum(w.nbytes for w in flat.values())
+
+
+def test_unsupported_gguf_types_are_widened(rec):
+    """Q5_K has no kernel here: it goes up as bf16 (Q5_K_M's Q6_K tensors stay packed)."""
+    from llama_np.weights import gguf as gguf_loader
+    cfg, flat, _ = gguf_loader.load(str(llamacpp.path("Q5_K_M")), tokenizer=False, progress=False, dtype="packed")
+    dev = gpu.upload(flat, cfg)
+    layer = dev["layers"][0]
+    assert layer["wo"].kind == "bf16" and layer["w2"].kind == "q6_k"
+    assert [w.kind for w in layer["wqkv"].parts] == ["bf16", "q6_k"]
+    w32 = {k: v.to_float32() if hasattr(v, "to_float32") else v for k, v in flat.items()}
+    rounded = {k: round_to_bf16(v) if v.ndim == 2 and flat[k].kind == "Q5_K" else v for k, v in w32.items()}
+    ids = [int(t) for t in llamacpp.IDS]
+    ref = forward(nest(rounded, cfg), cfg, ids)
+    assert np.abs(gpu.forward_gpu(dev, cfg, ids) - ref).max() <= 1e-3 * np.abs(ref).max()
+    assert gpu.upload(flat, cfg, packed=False)["layers"][0]["w2"].kind == "bf16"
+
+
+@pytest.mark.parametrize("name", ["llama3_gqa", "tied"])
+def test_int8_weights_uploaded_packed(rec, name):
+    """llama_np's int8 mode on the GPU: codes and scales uploaded as they are, logits as NumPy's
+    on the same Int8Weights (model code and Decoder)."""
+    cfg, w, ids = config(name), make_weights(name), make_ids(name)[:16]
+    flat = {k: pack(v, "int8") if v.ndim == 2 else v for k, v in w.items()}
+    params = nest(dict(flat), cfg)
+    ref = numpy_decode(flat, cfg, ids[:10], 6, ids[10:])
+    dev = gpu.upload(flat, cfg)
+    assert dev["layers"][0]["w13"].kind == "int8" and dev["tok_embeddings"].kind == "int8"
+    np.testing.assert_allclose(gpu.forward_gpu(dev, cfg, ids[:10]), forward(params, cfg, ids[:10]), atol=1e-5, rtol=1e-5)
+    dec = gpu.Decoder(dev, cfg, max_len=24)
+    rows = [dec.prefill(ids[:10]).copy()] + [dec.step(int(t)).copy() for t in ids[10:16]]
+    np.testing.assert_allclose(np.stack(rows), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_prefill_tiles_and_fp16(fp16_prefill, monkeypatch):
+    """A prefill dequantizes PREFILL_TILE weights at a time: tiles that do not divide the rows give
+    the same product; the fp16 prefill stays within its bound of the exact one."""
+    W = random_gguf("Q4_K", 40, 512, seed=5)
+    dw = gpu.PackedDeviceWeight(W.data, "q4_k", 512)
+    x = np.random.default_rng(6).standard_normal((5, 512), dtype=np.float32)
+    ref = x @ quants.dequantize(W.data, "Q4_K").T
+    gpu.PREFILL = "float32"
+    monkeypatch.setattr(gpu, "PREFILL_TILE", 512 * 7)      # 7 rows a tile: 6 tiles, the last of 5 rows
+    np.testing.assert_allclose(dw.matmul(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    gpu.PREFILL = "fp16"
+    gpu_emulator.assert_within_fp16_prefill_bound(dw.matmul(x), ref)
+    np.testing.assert_array_equal(dw.rows([3, 39]), quants.dequantize(W.data, "Q4_K")[[3, 39]])
+
+
+def gpu_benchmark():
+    """benchmarks/gpu.py as a module (it is a script, not a package)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "gpu_bench", Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_q4_k_m_type_map_is_llamacpps():
+    """The benchmark's rule for llama.cpp's Q4_K_M types (q4_k_m_type, used below for 8B) gives,
+    on the fixture llama.cpp quantized (1 layer), the types it wrote."""
+    q4_k_m_type = gpu_benchmark().q4_k_m_type
+    from llama_np.weights import gguf as gguf_loader
+    cfg, flat, _ = gguf_loader.load(str(llamacpp.path("Q4_K_M")), tokenizer=False, progress=False, dtype="packed")
+    for name, w in flat.items():
+        if isinstance(w, np.ndarray):
+            continue
+        assert w.kind == q4_k_m_type(name, cfg.n_layers), name
+
+
+def test_llama3_8b_q4_k_m_fits_in_6_gb(rec, monkeypatch):
+    """upload() of Llama 3 8B Q4_K_M, with stand-ins that hold shapes but no memory (zero-stride
+    views): what goes on the GPU is exactly the GGUF's packed bytes (4.9 GB; the published file is
+    4.92 GB with its tokenizer), and with the KV cache of 2048 positions and the prefill's scratch
+    tile it stays under 6 GB."""
+    from llama_np.config import ModelConfig
+    from llama_np.model import param_shapes
+    cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, hidden_dim=14336,
+                      norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192)
+    fake, q4_k_m_type = gpu._cp(), gpu_benchmark().q4_k_m_type
+
+    def ghost(a, dtype=None):          # no copy: shapes and byte counts only
+        return np.asarray(a, dtype=dtype) if dtype is not None else a
+
+    def ghost_concat(arrays, axis=0):
+        rows = sum(a.shape[0] for a in arrays)
+        return np.broadcast_to(np.zeros((1, *arrays[0].shape[1:]), arrays[0].dtype), (rows, *arrays[0].shape[1:]))
+    monkeypatch.setattr(fake, "asarray", ghost)
+    monkeypatch.setattr(fake, "concatenate", ghost_concat)
+    flat, host = {}, 0
+    for name, shape in param_shapes(cfg).items():
+        if len(shape) == 1:
+            flat[name] = np.ones(shape, np.float32)
+            host += 4 * shape[0]
+            continue
+        kind = q4_k_m_type(name, cfg.n_layers)
+        block, nbytes, _ = quants.TYPES[kind]
+        row = np.zeros((1, shape[1] // block * nbytes), np.uint8)
+        flat[name] = quants.GGUFWeight(np.broadcast_to(row, (shape[0], row.shape[1])), kind, shape[1])
+        host += flat[name].nbytes
+    on_gpu = gpu.device_nbytes(gpu.upload(flat, cfg))
+    assert on_gpu == host
+    assert 4.85e9 < on_gpu < 4.95e9, on_gpu
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * 2048       # float32 K and V
+    assert on_gpu + kv + 4 * gpu.PREFILL_TILE < 6e9
+
+
+def test_cli_loads_a_gguf_packed_for_the_gpu(rec, monkeypatch):
+    """--device gpu --model x.gguf maps the file packed, so its quantized blocks go up as stored
+    (not dequantized to float32 on the host and widened to bf16 on the GPU)."""
+    import llama_np.backend as backend
+    from llama_np import cli
+    monkeypatch.setattr(backend, "use", lambda device=None: gpu._cp())
+    monkeypatch.delenv("LLAMA_NP_GGUF_DTYPE", raising=False)
+    cfg, params, _ = cli._load(str(llamacpp.path("Q8_0")), "gpu")
+    assert params["layers"][0]["w13"].kind == "q8_0" and params["output"].kind == "q8_0"
+    monkeypatch.setenv("LLAMA_NP_GGUF_DTYPE", "float32")        # the user's choice still wins
+    assert cli._load(str(llamacpp.path("Q8_0")), "gpu")[1]["output"].kind == "bf16"

@@ -14,7 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from llama_np import moe
+from llama_np import ffn, moe
+from llama_np.ops import DEFAULT
 from llama_np.config import AttnTemperature, ModelConfig, MoE
 from llama_np.model import forward, nest, param_shapes, random_params
 from llama_np.kv_cache import new_cache
@@ -116,25 +117,24 @@ def test_each_feature_matters():
     cases = [
         ("mixtral_e8_k2", lambda c: c.replace(moe=dataclasses.replace(c.moe, kind="llama4"))),       # routing rule
         ("llama4_e6_k2_noshared", lambda c: c.replace(moe=dataclasses.replace(c.moe, kind="mixtral"))),
-        ("llama4_scout", lambda c: c.replace(rope_layers=None)),                       # NoPE layer
-        ("llama4_scout", lambda c: c.replace(qk_norm=False)),                          # qk-norm
-        ("llama4_scout", lambda c: c.replace(attention_chunk_size=None)),              # chunked attention
-        ("llama4_scout", lambda c: c.replace(attn_temperature=None)),                  # temperature
+        ("llama4_scout", lambda c: llama4(c, rope_layers=None)),                       # NoPE layer
+        ("llama4_scout", lambda c: llama4(c, qk_norm=False)),                          # qk-norm
+        ("llama4_scout", lambda c: llama4(c, attention_chunk_size=None)),              # chunked attention
+        ("llama4_scout", lambda c: llama4(c, attn_temperature=None)),                  # temperature
         ("llama4_scout", lambda c: c.replace(rope_scaling=None)),                      # Scout's rope scaling
-        ("llama4_maverick", lambda c: c.replace(attn_temperature=None)),
+        ("llama4_maverick", lambda c: llama4(c, attn_temperature=None)),
+        ("llama4_scout", lambda c: c.replace(moe=dataclasses.replace(c.moe, shared_expert=False))),  # shared expert
     ]
     for name, change in cases:
         fx = load(name)
         cfg = change(config(name))
         err = np.abs(forward(params(name), cfg, fx["ids"]) - fx["logits"]).max()
         assert err > 10 * ATOL, (name, err)
-    # The shared expert: drop it from the weights of Scout.
-    p = params("llama4_scout")
-    for layer in p["layers"]:
-        for k in ("shared_w1", "shared_w2", "shared_w3"):
-            layer.pop(k)
-    fx = load("llama4_scout")
-    assert np.abs(forward(p, config("llama4_scout"), fx["ids"]) - fx["logits"]).max() > 10 * ATOL
+
+
+def llama4(cfg, **change):
+    """cfg with some of its Llama 4 attention settings changed."""
+    return cfg.replace(llama4=dataclasses.replace(cfg.llama4, **change))
 
 
 def test_activations_stay_float32(monkeypatch):
@@ -190,7 +190,7 @@ def test_decode_step_reads_only_the_chosen_experts():
     p = params("llama4_maverick")
     seen = {}
     for i, layer in enumerate(p["layers"]):
-        if "router" in layer:
+        if moe.is_moe_layer(cfg, i):
             seen[i] = set()
             for w in ("experts_w1", "experts_w2", "experts_w3"):
                 layer[w] = Spy(list(layer[w]), seen[i])
@@ -206,13 +206,12 @@ def test_decode_step_reads_only_the_chosen_experts():
     assert all(len(c) == cfg.n_experts_per_tok for c in chosen)   # 1 of 8 experts read per layer
 
 
-def test_prefill_work_grows_with_active_not_total_experts(monkeypatch):
+def test_prefill_work_grows_with_active_not_total_experts():
     """The experts see T*k token rows in all, not T*E: cost follows active parameters."""
     rows = []
-    real = moe.swiglu
-    monkeypatch.setattr(moe, "swiglu", lambda x, *w: rows.append(x.shape[0]) or real(x, *w))
+    spy = DEFAULT.replace(swiglu=lambda x, *w: rows.append(x.shape[0]) or ffn.swiglu(x, *w))
     cfg, fx = config("mixtral_e8_k2"), load("mixtral_e8_k2")
-    forward(params("mixtral_e8_k2"), cfg, fx["ids"])
+    forward(params("mixtral_e8_k2"), cfg, fx["ids"], ops=spy)
     T, k = len(fx["ids"]), cfg.n_experts_per_tok
     assert sum(rows) == cfg.n_layers * T * k                        # 2 of 8 experts per token
     assert len(rows) <= cfg.n_layers * cfg.n_experts                 # one call per expert used
@@ -293,7 +292,7 @@ MAVERICK_TEXT = {**SCOUT_TEXT, "num_local_experts": 128, "interleave_moe_layer_s
 def test_config_mixtral_8x7b_and_its_size():
     cfg = ModelConfig.from_hf_config(MIXTRAL_8X7B)
     assert (cfg.n_experts, cfg.n_experts_per_tok, cfg.moe.kind, cfg.moe.expert_dim) == (8, 2, "mixtral", 14336)
-    assert all(moe.is_moe_layer(cfg, i) for i in range(32)) and cfg.rope_layers is None
+    assert all(moe.is_moe_layer(cfg, i) for i in range(32)) and cfg.llama4 is None
     total, active = moe.param_counts(cfg)
     # Mistral's announcement: 46.7B total parameters, 12.9B used per token.
     assert round(total / 1e9, 1) == 46.7 and round(active / 1e9, 1) == 12.9
@@ -302,12 +301,12 @@ def test_config_mixtral_8x7b_and_its_size():
 def test_config_llama4_scout_and_maverick_sizes():
     scout = ModelConfig.from_hf_config({"model_type": "llama4", "text_config": SCOUT_TEXT})
     assert scout.moe == MoE(kind="llama4", expert_dim=8192, layers=tuple(range(48)), shared_expert=True)
-    assert scout.hidden_dim == 16384 and scout.qk_norm and scout.attention_chunk_size == 8192
-    assert scout.rope_layers[:8] == [1, 1, 1, 0, 1, 1, 1, 0]          # every 4th layer NoPE
-    assert scout.attn_temperature == AttnTemperature(floor_scale=8192.0, attn_scale=0.1)
+    assert scout.hidden_dim == 16384 and scout.llama4.qk_norm and scout.llama4.attention_chunk_size == 8192
+    assert scout.llama4.rope_layers[:8] == (1, 1, 1, 0, 1, 1, 1, 0)          # every 4th layer NoPE
+    assert scout.llama4.attn_temperature == AttnTemperature(floor_scale=8192.0, attn_scale=0.1)
     assert scout.rope_scaling.factor == 16.0
     maverick = ModelConfig.from_hf_config({"model_type": "llama4", "text_config": MAVERICK_TEXT})
-    assert maverick.moe.layers == tuple(range(1, 48, 2)) and not maverick.qk_norm
+    assert maverick.moe.layers == tuple(range(1, 48, 2)) and not maverick.llama4.qk_norm
     # Meta's model cards: Scout 17B active / 109B total, Maverick 17B active / 400B total (both
     # with the ~1B vision encoder, which a text model leaves out).
     s_total, s_active = moe.param_counts(scout)
@@ -395,7 +394,7 @@ def test_hf_loader_reads_llama4_save_pretrained(tmp_path, dtype):
     fx = load("llama4_maverick")
     make_fixtures.hf_model("llama4_maverick").save_pretrained(tmp_path)
     cfg, p = _hf_forward(tmp_path, dtype)
-    assert cfg.moe.layers == (1, 3) and cfg.hidden_dim == 160 and cfg.rope_layers == [1, 1, 1, 0]
+    assert cfg.moe.layers == (1, 3) and cfg.hidden_dim == 160 and cfg.llama4.rope_layers == (1, 1, 1, 0)
     assert np.abs(forward(p, cfg, fx["ids"]) - fx["logits"]).max() <= ATOL
     assert np.abs(decode(p, cfg, fx["ids"]) - fx["decode_logits"]).max() <= ATOL
 
@@ -417,7 +416,7 @@ def test_hf_loader_reads_llama4_multimodal_checkpoint(tmp_path):
     model.language_model.load_state_dict(sd, strict=True)
     model.save_pretrained(tmp_path)
     cfg, p = _hf_forward(tmp_path)
-    assert cfg.attention_chunk_size == 8 and cfg.qk_norm
+    assert cfg.llama4.attention_chunk_size == 8 and cfg.llama4.qk_norm
     fx = load(name)
     assert np.abs(forward(p, cfg, fx["ids"]) - fx["logits"]).max() <= ATOL
 

@@ -6,8 +6,8 @@ import inspect
 import numpy as np
 import pytest
 
-from llama_np import llama4, model, ops
-from llama_np.config import ModelConfig
+from llama_np import attention, ffn, kv_cache, llama4, model, moe, ops
+from llama_np.config import AttnTemperature, Llama4Attention, ModelConfig
 from llama_np.linear import linear_parts
 from llama_np.model import flatten, forward, nest, random_params
 from llama_np.weights.fuse import RowSlice, fuse, stack_of
@@ -83,24 +83,27 @@ def test_fused_layout_multiplies_each_stack_once():
 def test_moe_and_llama4_layers_call_the_ops(name):
     cfg = moe_config(name)
     params = nest(make_weights(name), cfg)
-    counted, counts = counting(moe=1, attention=1, apply_rope=1, rms_norm=1)
+    counted, counts = counting(moe=1, router=1, swiglu=1, attention=1, apply_rope=1, rms_norm=1)
     with np.errstate(divide="ignore", invalid="ignore"):     # Scout's rope scaling: an unused 0/0
         got = forward(params, cfg, IDS, ops=counted)
         want = forward(params, cfg, IDS)
     np.testing.assert_array_equal(got, want)
     n_moe = cfg.n_layers if cfg.moe.layers is None else len(cfg.moe.layers)
-    rope_layers = sum(cfg.rope_layers) if cfg.rope_layers else cfg.n_layers
-    assert counts["moe"] == n_moe and counts["attention"] >= cfg.n_layers
+    rope_layers = sum(cfg.llama4.rope_layers) if cfg.llama4 and cfg.llama4.rope_layers else cfg.n_layers
+    assert counts["moe"] == counts["router"] == n_moe and counts["attention"] >= cfg.n_layers
+    # every dense FFN, and in each MoE layer each expert used (and the shared one), runs ops.swiglu
+    assert counts["swiglu"] >= cfg.n_layers + (n_moe if cfg.moe.shared_expert else 0)
     assert counts["apply_rope"] == 2 * rope_layers
-    assert counts["rms_norm"] == 2 * cfg.n_layers + 1 + (2 * rope_layers if cfg.qk_norm else 0)
+    assert counts["rms_norm"] == 2 * cfg.n_layers + 1 + (2 * rope_layers if cfg.llama4 and cfg.llama4.qk_norm else 0)
 
 
 def test_forward_path_has_no_dictionary_key_branches():
     """The block chooses nothing by the keys of a layer: layouts are fixed at load time, layer
     kinds by the config."""
-    for module in (model, llama4):
+    for module in (model, llama4, moe, attention, ffn, kv_cache):
         src = inspect.getsource(module)
         assert '" in layer' not in src and "' in layer" not in src, module.__name__
+        assert "layer.get(" not in src, module.__name__
 
 
 def test_unknown_op_is_a_clear_error():
@@ -112,11 +115,15 @@ def test_unknown_op_is_a_clear_error():
 
 def test_config_settings_are_typed_with_one_default():
     cfg = ModelConfig(n_experts=4, n_experts_per_tok=2, moe={"kind": "llama4"}, hidden_dim=64,
-                      rope_scaling={"factor": 32.0}, attn_temperature={"attn_scale": 0.2})
+                      rope_scaling={"factor": 32.0}, llama4={"attn_temperature": {"attn_scale": 0.2}})
     assert cfg.moe.shared_expert and cfg.moe.expert_dim == 64
-    assert cfg.rope_scaling.original_max_position_embeddings == 8192 and cfg.attn_temperature.floor_scale == 8192.0
+    assert cfg.rope_scaling.original_max_position_embeddings == 8192
+    assert cfg.llama4 == Llama4Attention(attn_temperature=AttnTemperature(floor_scale=8192.0, attn_scale=0.2))
     assert not cfg.is_dense_llama and ModelConfig().is_dense_llama
-    assert ModelConfig(qk_norm=True).has_llama4_attention and not ModelConfig(qk_norm=True).is_dense_llama
+    assert not ModelConfig(llama4={"qk_norm": True}).is_dense_llama
+    assert model.layer_functions(ModelConfig(llama4={}))[0][0] is llama4.attention_block
+    with pytest.raises(ValueError, match="2 flags for 3 layers"):
+        ModelConfig(n_layers=3, llama4={"rope_layers": [1, 0]})
     assert ModelConfig().moe is None and ModelConfig(n_experts=2, n_experts_per_tok=1).moe.kind == "mixtral"
     with pytest.raises(ValueError, match="unknown MoE routing"):
         ModelConfig(n_experts=2, n_experts_per_tok=1, moe={"kind": "switch"})

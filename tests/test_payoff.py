@@ -19,6 +19,7 @@ import llama_np
 from course import mistakes
 from course.checkers import check_close, check_dtype, check_equal
 from llama_np import attention, ffn, moe, norm, rope
+from llama_np.weights import hf, packed, safetensors
 from llama_np.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +58,9 @@ def causal(q, k, v):
     return attention.attention(q, k, v, k.shape[1] - q.shape[1])
 
 
-def learner_route(x, router, k, kind="mixtral"):
-    return moe.route(x @ router.T, k, kind)
+# lesson 09's loader steps: the library's, taken before any test swaps them (the wrong ones call these)
+READ_HEADER, LOAD_SAFETENSORS = safetensors.read_header, safetensors.load
+BF16_TO_F32, HF_TO_META = packed.bf16_to_f32, hf.hf_to_meta
 
 
 def learner_quantize_q8_0(w):
@@ -76,9 +78,9 @@ def known_wrong(exercise, what):
     return next(m.fn for m in mistakes.MISTAKES[exercise] if m.what.startswith(what))
 
 
-def learner_moe_layer(x, layer, k, kind="mixtral"):
+def learner_moe_layer(x, layer, k, kind="mixtral", shared=False):
     cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
-                      moe={"kind": kind})
+                      moe={"kind": kind, "shared_expert": shared})
     return moe.moe_forward(x, layer, cfg)
 
 
@@ -101,10 +103,18 @@ PAYOFFS = {
                SMOLLM2_LAYERS),                                                                   # wrong grouping
     "06_swiglu": (["c24"], {"swiglu": (ffn.swiglu, lambda x, w1, w2, w3: ffn.swiglu(x, w3, w2, w1))},
                   SMOLLM2_LAYERS),                                                                # gate <-> up
-    "10_moe_router": (["c17", "c18"], {"route": (learner_route, learner_route),
+    "09_real_weights": (["c02", "c44"], {
+        "read_header": (READ_HEADER, lambda path: (READ_HEADER(path)[0], READ_HEADER(path)[1] - 8)),  # no length prefix
+        "load_safetensors": (LOAD_SAFETENSORS, lambda path: {k: v[::-1] for k, v in LOAD_SAFETENSORS(path).items()}),
+        "bf16_to_float32": (BF16_TO_F32, lambda raw: BF16_TO_F32(np.asarray(raw) & np.uint16(0xFF80))),  # no mantissa
+        "hf_to_meta": (HF_TO_META, lambda w, n_heads: w)},                                   # q/k rows left permuted
+        1),       # the tiny model's loading calls each at least once
+    "10_moe_router": (["c17", "c18"], {"route": (moe.route,
+                                                 lambda logits, k, kind: moe.route(-logits, k, kind)),  # the worst k
                                        "moe_layer": (learner_moe_layer,
-                                                     lambda x, layer, k, kind: learner_moe_layer(
-                                                         x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral")))},
+                                                     lambda x, layer, k, kind, shared: learner_moe_layer(
+                                                         x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral"),
+                                                         shared))},                     # the other routing rule
                       2 + 4),                                                           # MoE layers of the two models
     # c02 loads SmolLM2 and the fixture, c15 defines dequantize_q8_0 (given); every matrix quantized once
     "13_quantization": (["c02", "c15", "c37", "c38"],
@@ -139,3 +149,18 @@ def test_payoff_fails_with_a_wrong_function(lesson):
 def test_lesson_02_spy_sees_every_norm():
     ns = run("02_rmsnorm", ["c04"], {})
     assert ns["acts"].shape[0] == 2 * SMOLLM2_LAYERS + 1
+
+
+def test_swapped_puts_back_and_refuses_a_missing_name():
+    """course.payoff.swapped (lesson 09's loaders): the real function is back after the block,
+    even after an error; a name the module lacks would never be called, so it is an error."""
+    from course.payoff import swapped
+    with pytest.raises(RuntimeError):
+        with swapped((packed, "bf16_to_f32", lambda raw: raw)):
+            assert packed.bf16_to_f32 is not BF16_TO_F32
+            raise RuntimeError("inside")
+    assert packed.bf16_to_f32 is BF16_TO_F32
+    with pytest.raises(AttributeError, match="llama_np.weights.packed has no function bf16_to_float32"):
+        with swapped((packed, "bf16_to_float32", BF16_TO_F32)):
+            pass
+    assert not hasattr(packed, "bf16_to_float32")

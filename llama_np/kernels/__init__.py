@@ -6,8 +6,13 @@
 
 | file             | kernels                                                        |
 |------------------|----------------------------------------------------------------|
-| ``dtypes.cuh``   | bf16 / fp16 -> float32 helpers (included by the three below)   |
+| ``dtypes.cuh``   | bf16 / fp16 <-> float32 helpers, 2-byte-aligned loads, warp sum |
 | ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in)    |
+| ``gemv_q8_0.cu`` | GGUF Q8_0 kept packed: ``gemv_q8_0``, ``gemv_norm_q8_0``,       |
+|                  | ``dequant_q8_0_{f32,f16}`` (embedding rows, prefill tiles)     |
+| ``gemv_q4_k.cu`` | the same four for GGUF Q4_K                                    |
+| ``gemv_q6_k.cu`` | the same four for GGUF Q6_K                                    |
+| ``gemv_int8.cu`` | the same four for llama_np's int8 (codes + a scale per row)    |
 | ``widen.cu``     | ``widen_{bf16,f16}``, ``bf16_to_f16``: for the prefill         |
 | ``rmsnorm.cu``   | ``rms_norm``                                                   |
 | ``embed.cu``     | ``embed_{bf16,f16,f32}``: the token's embedding row            |
@@ -17,7 +22,7 @@
 | ``argmax.cu``    | ``argmax_next``: greedy decoding on the device                 |
 
 Each file stands on its own for an editor, ``nvcc -c`` or compute-sanitizer (the files that widen
-16-bit weights ``#include "dtypes.cuh"``). CuPy compiles one string with NVRTC, and an installed
+16-bit weights or read packed blocks ``#include "dtypes.cuh"``). CuPy compiles one string with NVRTC, and an installed
 package need not be a folder NVRTC could search for headers, so ``module_source`` joins the header
 and the files in a fixed order and drops those include lines. The files are package data, read with importlib.resources,
 so they come with a wheel or a non-editable install (and from a zip, if the package is in one).
@@ -30,8 +35,8 @@ from importlib import resources
 
 HEADER = "dtypes.cuh"
 #: the order the files are joined in (every file's kernels after the helpers they use)
-FILES = ("gemv.cu", "widen.cu", "rmsnorm.cu", "embed.cu", "rope.cu", "attention.cu", "swiglu.cu",
-         "argmax.cu")
+FILES = ("gemv.cu", "gemv_q8_0.cu", "gemv_q4_k.cu", "gemv_q6_k.cu", "gemv_int8.cu", "widen.cu", "rmsnorm.cu",
+         "embed.cu", "rope.cu", "attention.cu", "swiglu.cu", "argmax.cu")
 _INCLUDE = re.compile(rf'^#include "{re.escape(HEADER)}"\n', re.MULTILINE)
 
 

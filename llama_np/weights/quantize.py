@@ -11,14 +11,17 @@ float32 operation for float32 operation, so the bytes are the same:
     Q4_1   quantize_row_q4_1_ref           d = (max - min) / 15, offset = min
     Q5_0   quantize_row_q5_0_ref           d = (signed value of max|x|) / -16
     Q5_1   quantize_row_q5_1_ref           d = (max - min) / 31, offset = min
+    Q2_K   quantize_row_q2_K_ref           make_qkx2_quants per 16 (absolute error); 4-bit codes
+    Q3_K   quantize_row_q3_K_ref           make_q3_quants per 16: coordinate descent on codes;
+                                             then 6-bit codes for the 16 scales
     Q4_K   quantize_row_q4_K_ref           make_qkx2_quants per 32: 21 trial scales, weighted
     Q5_K   quantize_row_q5_K_ref             least squares for scale and min; then 6-bit codes
                                              for them, relative to the super-block's largest
     Q6_K   quantize_row_q6_K_ref           make_qx_quants per 16: 19 trial scales around
                                              max|x| / 32; then int8 codes for the 16 scales
 
-Without an importance matrix (``--imatrix``), llama.cpp's ``quantize_q4_K`` / ``quantize_q5_K`` /
-``quantize_q6_K`` (what ``llama-quantize`` and ``llama_model_quantize`` call through
+Without an importance matrix (``--imatrix``), llama.cpp's ``quantize_q2_K`` ... ``quantize_q6_K``
+(what ``llama-quantize`` and ``llama_model_quantize`` call through
 ``ggml_quantize_chunk``) run exactly these ``_ref`` functions; with one they run ``*_impl``,
 a different search that this module does not reproduce. The legacy types take the ``_ref`` path
 without an importance matrix too, and ``quantize_q8_0`` always does.
@@ -26,13 +29,14 @@ without an importance matrix too, and ``quantize_q8_0`` always does.
 Floating point: llama-cpp-python's ``libggml-base`` (where ggml-quants.c is compiled) is built for
 baseline x86-64 (SSE2): no FMA instruction appears in it, so no ``a*b + c`` is contracted, and
 without -ffast-math no sum is reordered. Each sum below is therefore accumulated in float32, left
-to right, exactly as the C loops do (``_seqsum``); changing that order changes a few scales in a
-thousand and with them the bytes.
+to right, exactly as the C loops do (``_seqsum``). The order matters: NumPy's pairwise sums, or
+sums in float64, change the bytes of ~2 % of Q4_K and Q6_K super-blocks (measured on Gaussian
+weights) because a trial scale wins or loses by one rounding.
 
 Layout: the K-quant searches work on ``X (n, m)``, one *column* per sub-block (n = 32 or 16
 weights, m sub-blocks), so every step of the search is a handful of NumPy operations over all
-sub-blocks at once, and sums over a sub-block run down axis 0. ``quantize`` feeds them a few
-thousand super-blocks at a time, which keeps the working set in cache.
+sub-blocks at once, and sums over a sub-block run down axis 0. ``quantize`` feeds them 1024
+super-blocks at a time, which keeps the working set in cache (4096 was ~25 % slower here).
 """
 from __future__ import annotations
 
@@ -98,6 +102,14 @@ def _pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return (lo & np.uint8(0x0F)) | (hi << np.uint8(4))
 
 
+def _pack_bits(parts: np.ndarray, width: int) -> np.ndarray:
+    """parts: (b, k, ...) uint8 fields of ``width`` bits -> (b, ...) bytes, part t at bit t*width."""
+    out = np.zeros(parts[:, 0].shape, dtype=np.uint8)
+    for t in range(parts.shape[1]):
+        out |= parts[:, t] << np.uint8(t * width)
+    return out
+
+
 # ----------------------------------------------------------------------------- legacy (32)
 # Each takes x: (b, 32) float32 and returns (b, bytes) uint8.
 def _q8_0(x):
@@ -158,8 +170,9 @@ def _q5_1(x):
 
 
 # ----------------------------------------------------------------------------- K-quant searches
-def make_qkx2_quants(X, W, nmax, rmin, rdelta, nstep):
-    """Scale and minimum for x ~ scale * L - min, L in 0..nmax, minimising sum W (x - ...)**2.
+def make_qkx2_quants(X, W, nmax, rmin, rdelta, nstep, use_mad=False):
+    """Scale and minimum for x ~ scale * L - min, L in 0..nmax, minimising sum W (x - ...)**2
+    (sum W |x - ...| with ``use_mad``, as Q2_K asks).
 
     X, W: (n, m), weights and their importances, one sub-block per column -> L (n, m) float32 codes,
     scale (m,), the_min (m,) (stored as a positive number: x ~ scale*L - the_min).
@@ -181,7 +194,7 @@ def make_qkx2_quants(X, W, nmax, rmin, rdelta, nstep):
         # np.rint equals nearest_int (|v| < 2**22); np.rint is one operation instead of three.
         L = np.clip(np.rint(iscale * (X - mn)), 0, nmax)
         diff = scale * L + mn - X
-        best = _seqsum(W * (diff * diff))
+        best = _seqsum(W * (np.abs(diff) if use_mad else diff * diff))
         for k in range(nstep + 1):
             iscale = (f32(rmin) + f32(rdelta) * f32(k) + f32(nmax)) / (mx - mn)
             laux = np.clip(np.rint(iscale * (X - mn)), 0, nmax)
@@ -195,7 +208,7 @@ def make_qkx2_quants(X, W, nmax, rmin, rdelta, nstep):
             this_min = np.where(pos, f32(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             diff = this_scale * laux + this_min - X
-            cur = _seqsum(W * (diff * diff))
+            cur = _seqsum(W * (np.abs(diff) if use_mad else diff * diff))
             better = (D > 0) & (cur < best) & ~flat
             L = np.where(better, laux, L)
             best = np.where(better, cur, best)
@@ -241,6 +254,49 @@ def make_qx_quants(X, nmax):
     L = np.where(zero, f32(0), L)
     scale = np.where(zero, f32(0), scale)
     return L, scale
+
+
+def make_q3_quants(X, nmax):
+    """Symmetric scale for x ~ scale * (L - nmax), L in 0..2*nmax-1, by coordinate descent (Q3_K).
+
+    X: (n, m), one group per column -> L (n, m) float32 codes, scale (m,).
+
+    The search (ggml-quants.c ``make_q3_quants`` with do_rmse): round with the largest |x| at
+    -nmax, then up to 5 passes over the weights in order, moving one code at a time to the value
+    that the least-squares scale of the *other* codes suggests, when that raises sumlx**2/suml2
+    (weights x**2). Each move changes the sums the next weight sees, so the weights are visited
+    one by one, each step vectorised over the groups. A pass that moves nothing would leave the
+    next pass nothing to do, so running all 5 passes equals the C's early ``break``."""
+    n = len(X)
+    big = _first_absmax(X, 0)
+    zero = np.abs(big) < GROUP_MAX_EPS
+    W = X * X
+    WX = W * X
+    with np.errstate(divide="ignore", invalid="ignore"):
+        L = np.clip(np.rint((f32(-nmax) / big) * X), -nmax, nmax - 1)
+        sumlx, suml2 = _seqsum(WX * L), _seqsum((W * L) * L)
+        for _ in range(5):
+            changed = False
+            for i in range(n):
+                li = L[i]
+                slx = sumlx - WX[i] * li
+                sl2 = suml2 - (W[i] * li) * li
+                # x * sl2 / slx can be huge when slx is tiny: the exact nearest_int, not np.rint
+                new = np.clip(_nearest_int((X[i] * sl2) / slx), -nmax, nmax - 1).astype(np.float32)
+                slx = slx + WX[i] * new
+                sl2 = sl2 + (W[i] * new) * new
+                take = ((sumlx - WX[i] * li) > 0) & (new != li) & (sl2 > 0) & \
+                    ((slx * slx) * suml2 > (sumlx * sumlx) * sl2)
+                if take.any():
+                    changed = True
+                    L[i] = np.where(take, new, li)
+                    sumlx = np.where(take, slx, sumlx)
+                    suml2 = np.where(take, sl2, suml2)
+            if not changed:
+                break
+        scale = np.where(suml2 > 0, sumlx / suml2, f32(0))
+    # an all-zero group returns early in the C with codes 0 (not nmax) and scale 0
+    return np.where(zero, f32(0), L + f32(nmax)), np.where(zero, f32(0), scale)
 
 
 def _columns(x, n):
@@ -295,10 +351,7 @@ def _q4_k(x):
 def _q5_k(x):
     d, dmin, ls, lm, L = _scale_min_k(x, 31, -0.5, 0.1, 15)
     b = len(x)
-    hi = (L.reshape(b, 8, 32) >> np.uint8(4)).astype(np.uint8)
-    qh = np.zeros((b, 32), dtype=np.uint8)
-    for t in range(8):                       # bit t of qh[j] = bit 4 of weight 32*t + j
-        qh |= hi[:, t] << np.uint8(t)
+    qh = _pack_bits(L.reshape(b, 8, 32) >> np.uint8(4), 1)   # bit t of qh[j]: bit 4 of weight 32t + j
     L = L.reshape(b, 4, 2, 32)
     qs = _pack_nibbles(L[:, :, 0], L[:, :, 1]).reshape(b, 128)
     return np.concatenate([_fp16(d), _fp16(dmin), _pack_scale_min_k(ls, lm), qh, qs], axis=1)
@@ -321,19 +374,74 @@ def _q6_k(x):
     L = np.where(dj[..., None] != 0, q.astype(np.uint8), L.astype(np.uint8)).reshape(b, 2, 4, 32)
     # per 128 weights: ql holds the low nibbles of quarters 0|2 and 1|3, qh their top 2 bits
     ql = np.concatenate([_pack_nibbles(L[:, :, 0], L[:, :, 2]), _pack_nibbles(L[:, :, 1], L[:, :, 3])], axis=2)
-    hi = L >> np.uint8(4)
-    qh = hi[:, :, 0] | (hi[:, :, 1] << np.uint8(2)) | (hi[:, :, 2] << np.uint8(4)) | (hi[:, :, 3] << np.uint8(6))
+    qh = _pack_bits((L >> np.uint8(4)).transpose(0, 2, 1, 3), 2)    # (b, 2, 32)
     out = np.concatenate([ql.reshape(b, 128), qh.reshape(b, 64), sc.view(np.uint8), _fp16(d)], axis=1)
     out[zero] = 0
     return out
 
 
+def _pack_crumbs(L):
+    """2-bit codes (b, 256) -> (b, 64): per 128 weights, byte l holds weights l, l+32, l+64, l+96."""
+    return _pack_bits(L.reshape(len(L), 2, 4, 32).transpose(0, 2, 1, 3), 2).reshape(len(L), 64)
+
+
+def _q2_k(x):
+    b = len(x)
+    X = _columns(x, 16)
+    # importance |x|, and the absolute (not squared) error: 2-bit codes cannot afford outliers' pull
+    L, scales, mins = make_qkx2_quants(X, np.abs(X), 3, -0.5, 0.1, 15, use_mad=True)
+    scales, mins = scales.reshape(b, 16), mins.reshape(b, 16)
+    L = L.T.reshape(b, 16, 16)
+    max_scale = np.maximum(scales.max(axis=1), f32(0))
+    max_min = np.maximum(mins.max(axis=1), f32(0))
+    # 4-bit codes for the 16 scales (low nibble) and mins (high nibble), as multiples of max / 15
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.where(max_scale[:, None] > 0, _nearest_int((f32(15) / max_scale)[:, None] * scales), 0)
+        lm = np.where(max_min[:, None] > 0, _nearest_int((f32(15) / max_min)[:, None] * mins), 0)
+    sc = ((ls | (lm << 4)) & 0xFF).astype(np.uint8)            # C: uint8 = l; |= l << 4
+    d = np.where(max_scale > 0, max_scale / f32(15), f32(0))
+    dmin = np.where(max_min > 0, max_min / f32(15), f32(0))
+    dj = _fp16_round(d)[:, None] * (sc & np.uint8(0x0F))
+    dmj = _fp16_round(dmin)[:, None] * (sc >> np.uint8(4))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(_nearest_int((x.reshape(b, 16, 16) + dmj[..., None]) / dj[..., None]), 0, 3)
+    L = np.where(dj[..., None] != 0, q.astype(np.uint8), L.astype(np.uint8)).reshape(b, 256)
+    return np.concatenate([sc, _pack_crumbs(L), _fp16(d), _fp16(dmin)], axis=1)
+
+
+def _q3_k(x):
+    b = len(x)
+    L, scales = make_q3_quants(_columns(x, 16), 4)
+    scales = scales.reshape(b, 16)
+    L = L.T.reshape(b, 16, 16)
+    # 6-bit codes for the 16 scales: the signed largest maps to -32
+    big = _first_absmax(scales, 1)
+    has = big != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = f32(-32) / big
+        ls = np.clip(_nearest_int(iscale[:, None] * scales).astype(np.int8), -32, 31) + 32   # int8_t l
+        ls = np.where(has[:, None], ls, 0).astype(np.uint8)
+        d = np.where(has, f32(1) / iscale, f32(0))
+    lo, hi = ls & np.uint8(0x0F), ls >> np.uint8(4)
+    # low nibbles: scales 0-7 in bytes 0-7, 8-15 in their high halves; top 2 bits of scale j in
+    # byte 8 + j%4 at bit 2*(j//4)
+    sbytes = np.concatenate([_pack_nibbles(lo[:, :8], lo[:, 8:]), _pack_bits(hi.reshape(b, 4, 4), 2)], axis=1)
+    dj = _fp16_round(d)[:, None] * (ls.astype(np.int8) - np.int8(32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(_nearest_int(x.reshape(b, 16, 16) / dj[..., None]), -4, 3) + 4
+    L = np.where(dj[..., None] != 0, q.astype(np.uint8), L.astype(np.uint8)).reshape(b, 256)
+    # the high bit (code > 3) of weight j goes to bit j // 32 of hmask[j % 32]
+    hmask = _pack_bits((L > 3).reshape(b, 8, 32).astype(np.uint8), 1)
+    L = np.where(L > 3, L - np.uint8(4), L)
+    return np.concatenate([hmask, _pack_crumbs(L), sbytes, _fp16(d)], axis=1)
+
+
 # What llama.cpp stores instead when a row is not a whole number of 256-weight super-blocks
 # (llama-quant.cpp, tensor_type_fallback): SmolLM2-135M's rows of 576 are, in all but ffn_down.
-FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 QUANTIZERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1,
-              "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
+              "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
 
 
 def quantize(w: np.ndarray, kind: str) -> np.ndarray:
