@@ -30,8 +30,8 @@ import copy
 
 import numpy as np
 
-__all__ = ["check_function", "check_close", "check_equal", "check_dtype", "CheckFailed", "diagnose",
-           "structural_hint"]
+__all__ = ["check_function", "check_close", "check_equal", "check_dtype", "check_peak_memory", "CheckFailed",
+           "diagnose", "structural_hint"]
 
 FLOAT64_HINT = ("float64 usually creeps in silently: a NumPy float64 scalar such as np.sqrt(d), "
                 "or np.zeros/np.ones/np.arange without dtype=np.float32, promotes float32 arrays; "
@@ -494,3 +494,29 @@ def check_dtype(array, dtype, name: str) -> None:
         hint = [FLOAT64_HINT] if got == np.float64 and dtype == np.float32 else []
         _fail(name, f"wrong dtype: expected {dtype}, got {got}", hint)
     print(f"✓ {name} is {dtype}")
+
+
+def check_peak_memory(fn, limit_bytes: int, name: str, what: str, hint: str = ""):
+    """Call ``fn()`` and fail if, while it ran, the memory it had allocated at once went above
+    ``limit_bytes``: the peak of ``tracemalloc``, which counts every NumPy array (NumPy reports its
+    buffers to it) and Python object, not memory the process merely has mapped. So it measures the
+    code, not the machine: the same answer gives the same peak everywhere, give or take the small
+    objects. Returns ``fn()``'s result. ``what`` says in words what is bounded."""
+    __tracebackhide__ = True
+    import tracemalloc
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    if peak > limit_bytes:
+        _fail(name, f"{what}: it held {peak / 2**20:.1f} MiB at once, more than the {limit_bytes / 2**20:.0f} MiB allowed",
+              [hint] if hint else [])
+    print(f"✓ {name}: {what} (at most {limit_bytes / 2**20:.0f} MiB at once)")
+    return result

@@ -946,6 +946,163 @@ mistake("aux_loss", "P taken from the raw logits instead of the softmax probabil
         "P_e is the mean over tokens of softmax(logits)[e]")(_aux("logits"))
 
 
+# ============================================================ lesson 13: quantization
+def _int8(how):
+    def quantize_int8(w):
+        amax = w.max(axis=1) if how == "max w" else np.abs(w).max(axis=1)
+        if how == "per tensor":
+            amax = np.full(len(w), np.abs(w).max(), dtype=np.float32)
+        s = np.where(amax > 0, amax / np.float32(128.0 if how == "128" else 127.0), np.float32(1.0)).astype(np.float32)
+        x = w / s[:, None]
+        if how == "truncate":
+            q = x
+        elif how == "half up":
+            q = np.floor(x + np.float32(0.5))
+        else:
+            q = np.rint(x)
+        with np.errstate(invalid="ignore"):       # max w: codes beyond int8, as a learner's cast gives them
+            return q.astype(np.int8), s
+    return quantize_int8
+
+
+mistake("quantize_int8", "the scale taken from max(w) instead of max(|w|): a row whose largest magnitude is "
+        "negative gets codes below -127", "s = np.abs(w).max(axis=1) / 127")(_int8("max w"))
+mistake("quantize_int8", "one scale for the whole matrix instead of one per row",
+        "reduce over each row: np.abs(w).max(axis=1), shape (rows,)")(_int8("per tensor"))
+mistake("quantize_int8", "codes truncated toward zero (astype(np.int8) without rounding)",
+        "round first: np.rint(w / s[:, None]).astype(np.int8)")(_int8("truncate"))
+mistake("quantize_int8", "rounding half up (np.floor(x + 0.5)) where round half to even belongs",
+        "np.rint (or np.round) rounds 2.5 to 2 and 3.5 to 4, as torch does")(_int8("half up"))
+mistake("quantize_int8", "the scale max|w| / 128: the largest weight is not mapped to 127",
+        "divide by 127, so the codes use -127..127 symmetrically")(_int8("128"))
+
+
+def roundf(x):
+    """C's roundf, which llama.cpp uses: half away from zero (2.5 -> 3, -2.5 -> -3)."""
+    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+
+
+def _q8_0(how):
+    def quantize_q8_0(w):
+        rows, n = w.shape
+        blocks = w.reshape(rows, n // 32, 32) if how != "per row" else w.reshape(rows, 1, n)
+        d = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127.0)
+        d16 = d.astype(np.float16)
+        scale = d16.astype(np.float32) if how == "f16 d" else d
+        with np.errstate(divide="ignore"):
+            inv = np.where(scale == 0, np.float32(0.0), np.float32(1.0) / scale)
+        x = np.divide(blocks, scale, out=np.zeros_like(blocks), where=scale > 0) if how == "divide" else blocks * inv
+        q = (np.rint(x) if how == "half even" else roundf(x)).astype(np.int8)
+        if how == "per row":
+            q = q.reshape(rows, n // 32, 32)
+            d16 = np.repeat(d16, n // 32, axis=1)
+        scale_bytes = d16.view(np.uint8) if how != "f32 d" else d.astype(np.float32).view(np.uint8)
+        parts = [q.view(np.uint8), scale_bytes] if how == "d last" else [scale_bytes, q.view(np.uint8)]
+        return np.concatenate(parts, axis=-1).reshape(rows, -1)
+    return quantize_q8_0
+
+
+mistake("quantize_q8_0", "np.round / np.rint (round half to even) where llama.cpp rounds half away from zero "
+        "(C's roundf)", "round half away from zero: np.sign(x) * np.floor(np.abs(x) + 0.5)")(_q8_0("half even"))
+mistake("quantize_q8_0", "the codes computed with the float16 scale: llama.cpp divides by the float32 d and "
+        "only stores it as float16", "q = roundf(x * (1 / d)) with d in float32; then d.astype(np.float16)")(_q8_0("f16 d"))
+mistake("quantize_q8_0", "x / d where llama.cpp multiplies by the float32 reciprocal, x * (1 / d): the two "
+        "round differently near k + 0.5", "inv = 1 / d (float32, 0 where d == 0), then roundf(x * inv)")(_q8_0("divide"))
+mistake("quantize_q8_0", "one scale per row instead of one per block of 32",
+        "reshape to (rows, n // 32, 32) and take max|w| over the last axis")(_q8_0("per row"))
+mistake("quantize_q8_0", "the scale stored after the 32 codes", "each block is d (2 bytes) first, then the 32 codes")(_q8_0("d last"))
+mistake("quantize_q8_0", "the scale stored as float32 (4 bytes): blocks of 36 bytes",
+        "store d as float16: d.astype(np.float16).view(np.uint8), 2 bytes")(_q8_0("f32 d"))
+
+
+def _q4_k(how):
+    def dequantize_q4_k(blocks):
+        n = len(blocks)
+        d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
+        dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        if how == "d dmin swapped":
+            d, dmin = dmin, d
+        s = blocks[:, 4:16]
+        lo, mi, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+        if how == "no top bits":
+            sc = np.concatenate([lo & 63, hi & 15], axis=1)
+            mn = np.concatenate([mi & 63, hi >> 4], axis=1)
+        else:
+            sc = np.concatenate([lo & 63, (hi & 15) | ((lo >> 6) << 4)], axis=1)
+            mn = np.concatenate([mi & 63, (hi >> 4) | ((mi >> 6) << 4)], axis=1)
+        qs = blocks[:, 16:].reshape(n, 4, 32)
+        if how == "interleaved":
+            q = np.stack([qs.reshape(n, 128) & 15, qs.reshape(n, 128) >> 4], axis=-1).reshape(n, 8, 32)
+        else:
+            q = np.stack([qs & 15, qs >> 4], axis=2).reshape(n, 8, 32)
+        scale = (d * sc.astype(np.float32))[:, :, None]
+        mins = (dmin * mn.astype(np.float32))[:, :, None]
+        out = scale * q.astype(np.float32) + (mins if how == "plus min" else -mins)
+        return out.reshape(n, 256).astype(np.float32)
+    return dequantize_q4_k
+
+
+mistake("dequantize_q4_k", "only the low 4 bits of scales and mins 4-7: their top 2 bits, in the top bits of bytes "
+        "0-7, forgotten", "scale j >= 4 = (byte 8+j-4 & 0x0F) | (byte j-4 >> 6) << 4; min likewise with the high "
+        "nibble and bytes 4-7")(_q4_k("no top bits"))
+mistake("dequantize_q4_k", "the low and high nibbles of each byte taken as neighbouring weights",
+        "each group of 32 bytes gives 64 weights: the 32 low nibbles first, then the 32 high nibbles")(_q4_k("interleaved"))
+mistake("dequantize_q4_k", "the min added instead of subtracted", "w = d * scale * q - dmin * min")(_q4_k("plus min"))
+mistake("dequantize_q4_k", "d and dmin swapped", "bytes 0-1 are d (the scales' unit), bytes 2-3 dmin (the mins')")(
+    _q4_k("d dmin swapped"))
+
+
+def _packed(how):
+    def packed_matmul(x, raw, dequantize, block_rows=64):
+        n_out = raw.shape[0]
+        y = None
+        stop = n_out - n_out % block_rows if how == "last block" else n_out
+        for a in range(0, stop, block_rows):
+            b = min(a + block_rows, n_out)
+            w = dequantize(raw[a:b])
+            if y is None:
+                y = np.zeros((x.shape[0], n_out), dtype=np.float32)
+            if how == "first columns":
+                y[:, :b - a] = x @ w.T
+            else:
+                y[:, a:b] = x @ w.T
+        return y
+    return packed_matmul
+
+
+mistake("packed_matmul", "every block of rows written to the first columns (y[:, :b - a] instead of y[:, a:b])",
+        "the rows a:b of W give the outputs y[:, a:b]")(_packed("first columns"))
+mistake("packed_matmul", "the last, shorter block of rows left out (n_out // block_rows blocks)",
+        "loop with range(0, n_out, block_rows) and cut the last block at n_out: b = min(a + block_rows, n_out)")(
+    _packed("last block"))
+
+
+def _kl(how):
+    def kl_top1(ref_logits, logits):
+        def log_softmax(z):
+            z = z.astype(np.float64) - z.max(-1, keepdims=True)
+            return z - np.log(np.exp(z).sum(-1, keepdims=True))
+        lp, lq = log_softmax(ref_logits), log_softmax(logits)
+        if how == "reversed":
+            lp, lq = lq, lp
+        terms = np.exp(lp) * (lp - lq)
+        kl = terms.mean(-1) if how == "mean over vocab" else terms.sum(-1)
+        kl = kl.sum() if how == "sum over positions" else kl.mean()
+        agree = (ref_logits.argmax(-1) == logits.argmax(-1))
+        return float(kl), float(agree.sum() if how == "count" else agree.mean())
+    return kl_top1
+
+
+mistake("kl_top1", "KL the other way round, KL(P || P_ref): the reference distribution must weight the sum",
+        "sum over the vocabulary of p_ref * (log p_ref - log p), p_ref = softmax(ref_logits)")(_kl("reversed"))
+mistake("kl_top1", "a mean over the vocabulary where KL sums", "sum over the vocabulary, then average over positions")(
+    _kl("mean over vocab"))
+mistake("kl_top1", "the KL summed over positions instead of averaged", "take the mean over positions")(
+    _kl("sum over positions"))
+mistake("kl_top1", "top-1 agreement as a count of positions instead of a fraction",
+        "divide by the number of positions (np.mean of the matches)")(_kl("count"))
+
+
 # ============================================================ the checks' inputs
 @dataclass(frozen=True)
 class Case:
@@ -1020,6 +1177,92 @@ def layer_norm_inputs(rng):
     weight = (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(dim)).astype(np.float32)
     return x.astype(np.float32), weight, bias, float(rng.choice([1e-5, 1e-6]))
+
+
+# ---- lesson 13
+def int8_inputs(rng):
+    """(rows, n) float32 for quantize_int8: rows of very different scales; one whose largest magnitude
+    is negative; one all zero; one whose scale is a power of two with weights on half-integer
+    multiples of it (exact ties: w / s = k + 0.5, where round-half-to-even and half-up differ)."""
+    rows, n = int(rng.integers(5, 12)), int(rng.integers(16, 200))
+    w = rng.standard_normal((rows, n)) * 10.0 ** rng.uniform(-3, 1, size=(rows, 1))
+    r = rng.permutation(rows)
+    w[r[0], int(rng.integers(n))] = -3 * np.abs(w[r[0]]).max()
+    w[r[1]] = 0.0
+    s = 2.0 ** -int(rng.integers(3, 10))
+    w[r[2]] = rng.integers(-254, 255, n) / 2 * s
+    w[r[2], int(rng.integers(n))] = 127 * s          # max|w| = 127 s, so the scale is s exactly
+    return w.astype(np.float32)
+
+
+def torch_int8(w):
+    """torch.quantize_per_channel's (codes int8 (rows, n), scales float32 (rows,)) for ``w``, one of the
+    matrices torch quantized in course/fixtures/make_13_quantization.py (int8_inputs, seeds 0-3)."""
+    from course import fixture
+    fx = fixture("13_quantization")
+    i = 0
+    while f"int8_w{i}" in fx:
+        if fx[f"int8_w{i}"].shape == w.shape and np.array_equal(fx[f"int8_w{i}"], w):
+            return fx[f"int8_q{i}"], fx[f"int8_s{i}"]
+        i += 1
+    raise KeyError(f"no stored torch answer for this {w.shape} input: torch quantized int8_inputs of seeds 0-{i - 1}")
+
+
+def q8_inputs(rng):
+    """(rows, 32 * blocks) float32 for quantize_q8_0: blocks of very different scales, an all-zero
+    block, and a block of half-integer multiples of a power of two whose largest is 127 times it
+    (exact ties, where C's roundf and np.round differ)."""
+    rows, nb = int(rng.integers(1, 6)), int(rng.integers(3, 9))
+    w = rng.standard_normal((rows * nb, 32)) * 10.0 ** rng.uniform(-3, 1, size=(rows * nb, 1))
+    pick = rng.permutation(rows * nb)
+    w[pick[0]] = 0.0
+    s = 2.0 ** -int(rng.integers(3, 10))
+    w[pick[1]] = rng.integers(-254, 255, 32) / 2 * s
+    w[pick[1], int(rng.integers(32))] = -127 * s
+    # near-ties: (k + 0.5) * d rounded to float32, where x / d and x * (1 / d) fall on either side of k + 0.5
+    d = np.float32(rng.uniform(0.01, 1.0))
+    near = (rng.integers(-127, 127, 32) + np.float32(0.5)).astype(np.float32) * d
+    near[0] = np.float32(127) * d
+    w[pick[2]] = near
+    return w.reshape(rows, nb * 32).astype(np.float32)
+
+
+def random_q4_k(rng, n_blocks, scale=1e-3):
+    """n_blocks random Q4_K blocks (n_blocks, 144) uint8: random codes, scales and mins, and finite
+    float16 d and dmin (normal, standard deviation ``scale``)."""
+    raw = rng.integers(0, 256, size=(n_blocks, 144), dtype=np.uint8)
+    for off in (0, 2):
+        raw[:, off:off + 2] = (rng.standard_normal(n_blocks) * scale).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+def q4k_inputs(rng):
+    return random_q4_k(rng, int(rng.integers(1, 40)))
+
+
+def gguf_q4_k_rows(raw):
+    """Q4_K rows (rows, bytes) uint8 -> (rows, n_in) float32, by the gguf package (llama.cpp's port)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    return dequantize(raw, GGMLQuantizationType.Q4_K)
+
+
+def matmul_inputs(rng):
+    """x (T, n_in) float32, raw Q4_K rows (n_out, n_in / 256 * 144), the dequantizer, block_rows; n_out
+    mostly not a multiple of block_rows (a shorter last block)."""
+    n_out, n_in, T = int(rng.integers(1, 300)), 256 * int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    raw = random_q4_k(rng, n_out * n_in // 256).reshape(n_out, -1)
+    return rng.standard_normal((T, n_in), dtype=np.float32), raw, gguf_q4_k_rows, int(rng.choice([16, 64]))
+
+
+def kl_inputs(rng):
+    """Reference and perturbed logits (T, V) float32; some rows shifted by +-1000 (a softmax must
+    subtract each row's maximum)."""
+    T, V = int(rng.integers(1, 12)), int(rng.integers(5, 400))
+    ref = 4 * rng.standard_normal((T, V))
+    got = ref + rng.uniform(0.05, 1.0) * rng.standard_normal((T, V))
+    shift = rng.choice([0.0, 0.0, 1000.0, -1000.0], size=(T, 1))
+    return (ref + shift).astype(np.float32), (got + shift).astype(np.float32)
 
 
 def _cases() -> dict[str, Case]:
@@ -1242,6 +1485,19 @@ def _cases() -> dict[str, Case]:
         return (rng.standard_normal((int(rng.integers(1, 200)), E), dtype=np.float32) * np.float32(rng.uniform(0.1, 5)),
                 E, int(rng.integers(1, 3)))
     cases["aux_loss"] = Case(llama_np.moe.aux_loss, aux_in, atol=1e-6, n_trials=5)
+    # ---- 13
+    import llama_np.verify
+    from gguf import GGMLQuantizationType as GQ
+    from gguf.quants import quantize as gguf_quantize
+    # torch's codes and scales (stored): exact. The inputs' scales make w / s and w * (1 / s) agree.
+    cases["quantize_int8"] = Case(torch_int8, int8_inputs, atol=0, rtol=0, n_trials=4)
+    cases["quantize_q8_0"] = Case(lambda w: gguf_quantize(w, GQ.Q8_0), q8_inputs, atol=0, rtol=0, n_trials=5)
+    # |d * scale * q| <= ~1; float32 products in another order differ by an ulp (~1e-7)
+    cases["dequantize_q4_k"] = Case(gguf_q4_k_rows, q4k_inputs, atol=1e-6, rtol=1e-6, n_trials=4)
+    # sums of <= 768 products of size ~1: float32 rounding in another order, ~1e-5
+    cases["packed_matmul"] = Case(lambda x, raw, deq, block_rows: x @ deq(raw).T, matmul_inputs,
+                                  atol=1e-3, rtol=1e-4, n_trials=4)
+    cases["kl_top1"] = Case(llama_np.verify.kl_top1, kl_inputs, atol=1e-6, rtol=1e-4, n_trials=6)
     return cases
 
 

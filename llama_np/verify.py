@@ -163,6 +163,22 @@ def compare(ours: np.ndarray, ref: np.ndarray, tolerance: float) -> dict:
             "bad_argmax": int(((a != b) & clear).sum())}
 
 
+def kl_top1(ref_logits: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """How far ``logits`` (T, vocab) moved from ``ref_logits`` (T, vocab), as distributions: the mean
+    over positions of KL(P_ref || P) in nats, with P = softmax of each row, and the fraction of
+    positions whose top token agrees. Computed in float64 with log-softmax (no exp overflow, no
+    log(0)); the measure llama.cpp's ``llama-perplexity --kl-divergence`` reports for quantized models."""
+    ref, got = np.asarray(ref_logits, np.float64), np.asarray(logits, np.float64)
+    if ref.shape != got.shape:
+        raise ValueError(f"logits have shape {got.shape}, the reference {ref.shape}")
+    log_p = ref - ref.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    log_q = got - got.max(-1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    return float(kl.mean()), float((ref.argmax(-1) == got.argmax(-1)).mean())
+
+
 def _report(label: str, results: list, tolerance: float, out) -> bool:
     worst = max(r["max_abs"] for r in results)
     agree, n = sum(r["agree"] for r in results), sum(r["n"] for r in results)

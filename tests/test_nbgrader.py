@@ -10,7 +10,7 @@ hand in submissions; ``nbgrader autograde`` grades them; ``python -m course grad
   * ``broken``: lesson 02 with its data cell pointed at a file that does not exist. nbgrader
     itself scores it 0 and exits 0; ``course grades`` must call it a notebook that did not run.
 
-Grading all 13 lessons twice runs 26 notebooks: several minutes on 2 cores (see the report in
+Grading all 14 lessons twice runs 28 notebooks: several minutes on 2 cores (see the report in
 the module fixture's output). ``LLAMA_NP_NBGRADER_LESSONS=02,05`` narrows it while developing.
 """
 from __future__ import annotations

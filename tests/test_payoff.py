@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import llama_np
+from course import mistakes
 from course.checkers import check_close, check_dtype, check_equal
 from llama_np import attention, ffn, moe, norm, rope
 from llama_np.weights import hf, packed, safetensors
@@ -62,6 +63,21 @@ READ_HEADER, LOAD_SAFETENSORS = safetensors.read_header, safetensors.load
 BF16_TO_F32, HF_TO_META = packed.bf16_to_f32, hf.hf_to_meta
 
 
+def learner_quantize_q8_0(w):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    return quantize(w, GGMLQuantizationType.Q8_0)
+
+
+def learner_packed_matmul(x, raw, dequantize, block_rows=64):
+    return np.concatenate([x @ dequantize(raw[a:a + block_rows]).T for a in range(0, len(raw), block_rows)], axis=1)
+
+
+def known_wrong(exercise, what):
+    """The wrong answer of course/mistakes.py whose description starts with ``what``."""
+    return next(m.fn for m in mistakes.MISTAKES[exercise] if m.what.startswith(what))
+
+
 def learner_moe_layer(x, layer, k, kind="mixtral", shared=False):
     cfg = ModelConfig(dim=x.shape[1], n_heads=1, n_experts=len(layer["router"]), n_experts_per_tok=k,
                       moe={"kind": kind, "shared_expert": shared})
@@ -100,6 +116,11 @@ PAYOFFS = {
                                                          x, layer, k, {"mixtral": "llama4"}.get(kind, "mixtral"),
                                                          shared))},                     # the other routing rule
                       2 + 4),                                                           # MoE layers of the two models
+    # c02 loads SmolLM2 and the fixture, c15 defines dequantize_q8_0 (given); every matrix quantized once
+    "13_quantization": (["c02", "c15", "c37", "c38"],
+                        {"quantize_q8_0": (learner_quantize_q8_0, known_wrong("quantize_q8_0", "one scale per row")),
+                         "packed_matmul": (learner_packed_matmul, known_wrong("packed_matmul", "every block of rows"))},
+                        7 * SMOLLM2_LAYERS),
 }
 
 
