@@ -247,10 +247,15 @@ def answer_cells(solution) -> dict[int, str]:
         seen_exercise |= exercise
         tree, used = _parse(cell.source), set()
         if tree is not None:
-            bound: set[str] = set()
             for stmt in tree.body:
+                # Each statement's reads are checked against the answer names as they stand after
+                # the statements before it, in this cell too: ``y = f(x); print(y)`` with f an
+                # answer makes y one, and the print shows it.
                 binds: set[str] = set()
-                reads = _free([stmt], bound, binds)
+                reads = _free([stmt], set(), binds)
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):   # a module is never an answer
+                    answer_names -= {(a.asname or a.name).split(".")[0] for a in stmt.names}
+                    continue
                 span = set(range(stmt.lineno, stmt.end_lineno + 1))
                 if (exercise and (not region or span & region)) or reads & answer_names:
                     used |= reads & answer_names

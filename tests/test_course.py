@@ -185,9 +185,14 @@ def test_answer_cells_follow_what_each_cell_reads():
         code("ops = ops\nprint(ops)"),                                                      # 11 still ops
         code("%timeit f(1)\nplt.plot([1, 2])"),                                             # 12 magic, given
         code("print(sum(f(i) for i in range(3)))"),                                          # 13 reads f
+        code("y = f(3)\nz = y + 1"),                                                       # 14 reads f
+        code("print(z)"),                                                                    # 15 z from y
+        code("y = np.zeros(2)\nprint(y)"),                                                 # 16 rebinds y
+        code("w = 2\nv = w * 3\nprint(v)"),                                               # 17 given
+        code("from numpy import f\nprint(f)"),                                             # 18 imported f
     ])
     answers = answer_cells(nb)
-    assert sorted(answers) == [1, 2, 4, 5, 8, 10, 11, 13], answers
+    assert sorted(answers) == [1, 2, 4, 5, 8, 10, 11, 13, 14, 15], answers
     assert answers[4] == "uses n from an answer cell" and answers[1] == "an exercise"
     assert cell_names("def g(a):\n    b = a + c\n    return b") == ({"c"}, {"g"})
     assert cell_names("y = [k * w for k in ks]\nt[k] = y") == ({"w", "ks", "t", "k"}, {"y", "t"})
