@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .packed import PackedWeight
+from . import qdot
+from .packed import PackedWeight, _get_pool, _split, n_threads
 
 QK = 32     # weights per block, legacy types
 QK_K = 256  # weights per super-block, K-quants
@@ -228,6 +229,24 @@ class GGUFWeight(PackedWeight):
     def _widen(self, r0, r1, out):
         w = out.view(np.float32).reshape(r1 - r0, self.n_in)
         return dequantize(self.data[r0:r1], self.kind, out=w)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, in) -> x @ W.T (T, out). A few tokens (decode): in the dot-product domain
+        (``qdot``), W never widened; more (prefill): W dequantized exactly, a few rows at a time,
+        and multiplied by BLAS."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        x2 = x.reshape(-1, x.shape[-1])
+        kern = qdot.KERNELS.get(self.kind)
+        if kern is None or x2.shape[0] > qdot.MAX_TOKENS or self.n_in % 256 or x2.shape[1] != self.n_in:
+            return super().matmul(x)
+        X, xs = qdot.prepare(kern, x2)
+        n_out = self.data.shape[0]
+        y = np.empty((x2.shape[0], n_out), dtype=np.float32)
+        ranges = _split(n_out, n_threads(), qdot.TILE_ROWS)
+        futures = [_get_pool().submit(qdot.run, kern, self.data, X, xs, y, r0, r1) for r0, r1 in ranges]
+        for f in futures:
+            f.result()
+        return y.reshape(n_out) if x.ndim == 1 else y
 
     def __repr__(self):
         return (f"GGUFWeight(shape={self.shape}, kind={self.kind}, {bits_per_weight(self.kind):g} bits/weight, "
