@@ -201,77 +201,113 @@ class Q4_K(Kernel):
         return _k_scales(raw, self.nbytes)
 
 
+def _mask(R: int, nb: int, nbytes: int, nw: int, lo: int, hi: int, value: int) -> np.ndarray:
+    """uint64 (R, nw): ``value`` on bytes lo:hi of every block of a tile, 0 elsewhere. Whole
+    tiles, not one row broadcast: a broadcast operand makes the operation ~2x slower."""
+    key = (R, nb, nbytes, nw, lo, hi, value)
+    v = _consts.get(key)
+    if v is None:
+        p = np.zeros((1, nw * 8), np.uint8)
+        for b in range(nb):
+            p[0, nbytes * b + lo:nbytes * b + hi] = value
+        v = _consts[key] = np.repeat(p, R, axis=0).view(np.uint64)
+    return v
+
+
+def _move_bits(plane: np.ndarray, w64: np.ndarray, terms) -> None:
+    """plane |= ((w64 << shift) & mask)[e + delta] for each (shift, delta, mask) in ``terms``:
+    bits of one part of each block (the mask) moved, as whole-tile operations, onto the codes of
+    another part, ``delta`` bytes before (a multiple of 8, |delta| <= 128). plane, w64 (R, nw)
+    uint64; shift > 0 is left, < 0 right."""
+    N = w64.size
+    t = _scratch("t", (N + 32,), np.uint64)      # 16 zero words either side: shifted views stay inside
+    t[:16] = 0
+    t[N + 16:] = 0
+    core = t[16:16 + N].reshape(w64.shape)
+    sh = _scratch("sh", w64.shape, np.uint64)
+    last = None
+    flat = plane.reshape(-1)
+    for shift, delta, mask in terms:
+        if shift != last:
+            src = w64 if shift == 0 else sh
+            if shift > 0:
+                np.left_shift(w64, np.uint64(shift), out=sh)
+            elif shift < 0:
+                np.right_shift(w64, np.uint64(-shift), out=sh)
+            last = shift
+        np.bitwise_and(src, mask, out=core)
+        flat |= t[16 + delta // 8:16 + delta // 8 + N]
+
+
+def _planes(raw, nbytes: int):
+    """The tile raw (R, nb * nbytes) copied into rows of whole uint64 words, and its low and high
+    nibbles: w64 (R, nw), u64 (2, R, nw)."""
+    R, n = raw.shape
+    nw = -(-n // 8)
+    w = _scratch("w", (R, 8 * nw))
+    np.copyto(w[:, :n], raw)
+    w64 = w.view(np.uint64)
+    u64 = _scratch("u", (2, R, nw), np.uint64)
+    np.bitwise_and(w64, _M4, out=u64[0])
+    np.right_shift(w64, np.uint64(4), out=u64[1])
+    u64[1] &= _M4
+    return w64, u64
+
+
+def _cast(u64, nbytes: int, first: int, n_code: int, R: int, nb: int):
+    """Bytes first:first + n_code of each block of both planes u64 (2, R, nw) as float32
+    (2, nb, R, n_code), block-major: a group's (R, K) codes are then one strided matrix."""
+    f = _scratch("f", (2, nb, R, n_code), np.float32)
+    planes = u64.view(np.uint8)[:, :, :nb * nbytes].reshape(2, R, nb, nbytes)
+    np.copyto(f, planes[..., first:first + n_code].transpose(0, 2, 1, 3), casting="unsafe")
+    return f
+
+
+class Q5_K(Kernel):
+    """[d, dmin f16][12 bytes scales, mins][32 bytes qh][128 bytes qs]: Q4_K's nibbles, and bit 4
+    of weight 64c + 32h + l is bit 2c + h of qh[l]: moved onto the nibble planes (``_move_bits``)
+    from 32 + 32c bytes back."""
+    nbytes = 176
+    pos = Q4_K.pos
+
+    def dots(self, raw, X, out):
+        R, n = raw.shape
+        nb = n // 176
+        w64, u64 = _planes(raw, 176)
+        m = _mask(R, nb, 176, w64.shape[1], 16, 48, 0x10)
+        for h in range(2):       # bit 2c + h of qh to bit 4
+            _move_bits(u64[h], w64, [(4 - 2 * c - h, -32 - 32 * c, m) for c in range(4)])
+        f = _cast(u64, 176, 48, 128, R, nb)
+        np.matmul(_view(f, (2, 4, nb, R, 32), (nb * R * 128, 32, R * 128, 128, 1)), X, out=out)
+
+    def scales(self, raw):
+        return _k_scales(raw, self.nbytes)
+
+
 class Q6_K(Kernel):
     """[128 bytes ql][64 bytes qh][16 int8 scales][d f16]: 16 sub-blocks of 16, w = d*sc*(q - 32).
     Weight 128n + 32j + l (half n, l < 32) has its low 4 bits in ql[64n + 32(j % 2) + l] (low
     nibble for j < 2, high for j >= 2) and its top 2 bits in qh[32n + l] >> 2j.
 
-    Planes: low and high nibbles of the whole tile, as Q4_K; the top bits are moved onto them
-    with whole-tile uint64 operations: each qh chunk, its 2 bits shifted to bits 4-5 and masked
-    (a per-position pattern), is OR-ed onto the plane through a view of it shifted by 64, 96 or
-    128 bytes (the distance from its qh chunk to the ql chunk it belongs to). Groups [plane, n, m]:
-    16 codes at 64n + 16m of the plane."""
+    Planes: low and high nibbles of the whole tile, as Q4_K; the top bits moved onto them
+    (``_move_bits``) from qh chunk n, 64, 96 or 128 bytes on. Groups [plane, n, m]: 16 codes at
+    64n + 16m of the plane."""
     nbytes = 210
     K = 16
     pos = np.array([[[128 * n + 64 * h + 16 * m for m in range(4)] for n in range(2)] for h in range(2)])
 
-    @staticmethod
-    def _patterns(nb: int, nw: int):
-        """uint64 masks (2, nw) of one tile row: 0x30 on the bytes of qh chunk 0 / 1 of each block."""
-        key = ("q6k-pat", nb, nw)
-        v = _consts.get(key)
-        if v is None:
-            p = np.zeros((2, nw * 8), np.uint8)
-            for b in range(nb):
-                p[0, 210 * b + 128:210 * b + 160] = 0x30
-                p[1, 210 * b + 160:210 * b + 192] = 0x30
-            v = _consts[key] = p.view(np.uint64)
-        return v
-
     def dots(self, raw, X, out):
         R, n = raw.shape
         nb = n // 210
-        nw = -(-n // 8)                                 # words a row (rows padded to 8 bytes)
-        N = R * nw
-        c0, c1 = self._patterns(nb, nw)
-        w = _scratch("w", (R, 8 * nw))
-        np.copyto(w[:, :n], raw)
-        w64 = w.view(np.uint64)
-        u = _scratch("u", (2, N + 16), np.uint64)        # the planes, + room to read 128 bytes on
-        t = _scratch("t", (4, N + 16), np.uint64)        # moved top bits, zero past the tile
-        t[:, N:] = 0
-        lo, hi = u[0, :N].reshape(R, nw), u[1, :N].reshape(R, nw)
-        t0, t1, t2, t3 = (t[i, :N].reshape(R, nw) for i in range(4))
-        np.bitwise_and(w64, _M4, out=lo)
-        np.right_shift(w64, np.uint64(4), out=hi)
-        hi &= _M4
-        # low plane: top bits >> 0 (j = 0) and >> 2 (j = 1) moved to bits 4-5: << 4 and << 2
-        np.left_shift(w64, np.uint64(4), out=t2)         # j = 0
-        np.bitwise_and(t2, c0, out=t0)                   # chunk 0 -> 128 bytes back (n = 0, j = 0)
-        np.bitwise_and(t2, c1, out=t1)                   # chunk 1 -> 96 back (n = 1, j = 0)
-        np.left_shift(w64, np.uint64(2), out=t2)         # j = 1
-        t1 |= np.bitwise_and(t2, c0, out=t3)             # chunk 0 -> 96 back (n = 0, j = 1)
-        t2 &= c1                                         # chunk 1 -> 64 back (n = 1, j = 1)
-        self._gather(u[0], t, N)
-        # high plane: >> 4 (j = 2) and >> 6 (j = 3) to bits 4-5: >> 0 and >> 2
-        np.bitwise_and(w64, c0, out=t0)
-        np.bitwise_and(w64, c1, out=t1)
-        np.right_shift(w64, np.uint64(2), out=t2)
-        t1 |= np.bitwise_and(t2, c0, out=t3)
-        t2 &= c1
-        self._gather(u[1], t, N)
-        f = _scratch("f", (2, nb, R, 128), np.float32)
-        planes = u[:, :N].view(np.uint8).reshape(2, R, 8 * nw)[:, :, :n].reshape(2, R, nb, 210)
-        np.copyto(f, planes[..., :128].transpose(0, 2, 1, 3), casting="unsafe")
+        w64, u64 = _planes(raw, 210)
+        nw = w64.shape[1]
+        c0 = _mask(R, nb, 210, nw, 128, 160, 0x30)        # qh chunk n = 0, 1
+        c1 = _mask(R, nb, 210, nw, 160, 192, 0x30)
+        for h in range(2):       # top bits of j = 2h + j' (j' = 0, 1) to bits 4-5
+            s0, s1 = 4 - 4 * h, 2 - 4 * h
+            _move_bits(u64[h], w64, [(s0, 128, c0), (s0, 96, c1), (s1, 96, c0), (s1, 64, c1)])
+        f = _cast(u64, 210, 0, 128, R, nb)
         np.matmul(_view(f, (2, 2, 4, nb, R, 16), (nb * R * 128, 64, 16, R * 128, 128, 1)), X, out=out)
-
-    @staticmethod
-    def _gather(plane, t, N):
-        """plane |= the moved top bits: t[0] from 128 bytes on (16 words), t[1] 96, t[2] 64."""
-        p = plane[:N]
-        p |= t[0, 16:16 + N]
-        p |= t[1, 12:12 + N]
-        p |= t[2, 8:8 + N]
 
     def scales(self, raw):
         R, n = raw.shape
@@ -286,7 +322,7 @@ class Q6_K(Kernel):
         return S, np.multiply(S, np.float32(-32.0), out=_scratch("M", S.shape, np.float32))
 
 
-KERNELS = {"Q8_0": Q8_0(), "Q4_0": Q4_0(), "Q4_K": Q4_K(), "Q6_K": Q6_K()}
+KERNELS = {"Q8_0": Q8_0(), "Q4_0": Q4_0(), "Q4_K": Q4_K(), "Q5_K": Q5_K(), "Q6_K": Q6_K()}
 
 
 # ----------------------------------------------------------------------------- the product
