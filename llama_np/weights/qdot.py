@@ -201,83 +201,72 @@ class Q4_K(Kernel):
         return _k_scales(raw, self.nbytes)
 
 
-def _mask(R: int, nb: int, nbytes: int, nw: int, lo: int, hi: int, value: int) -> np.ndarray:
-    """uint64 (R, nw): ``value`` on bytes lo:hi of every block of a tile, 0 elsewhere. Whole
-    tiles, not one row broadcast: a broadcast operand makes the operation ~2x slower."""
-    key = (R, nb, nbytes, nw, lo, hi, value)
+def _compact(raw, nbytes: int, lo: int, hi: int, name: str) -> np.ndarray:
+    """Bytes lo:hi of every block of the tile raw (R, nb * nbytes), side by side: (R * nb, hi - lo)
+    uint8, in this thread's scratch buffer ``name`` (one copy loop a block)."""
+    R, n = raw.shape
+    nb = n // nbytes
+    out = _scratch(name, (R * nb, hi - lo))
+    np.copyto(out.reshape(R, nb, hi - lo), raw.reshape(R, nb, nbytes)[..., lo:hi])
+    return out
+
+
+def _pattern(M: int, words) -> np.ndarray:
+    """A per-word constant (e.g. shift counts) repeated for M blocks: (M, len(words)) uint64.
+    Whole arrays, not one row broadcast: a broadcast operand costs one loop per block."""
+    key = ("pattern", M, tuple(words))
     v = _consts.get(key)
     if v is None:
-        p = np.zeros((1, nw * 8), np.uint8)
-        for b in range(nb):
-            p[0, nbytes * b + lo:nbytes * b + hi] = value
-        v = _consts[key] = np.repeat(p, R, axis=0).view(np.uint64)
+        v = _consts[key] = np.repeat(np.array([words], np.uint64), M, axis=0)
     return v
 
 
-def _move_bits(plane: np.ndarray, w64: np.ndarray, terms) -> None:
-    """plane |= ((w64 << shift) & mask)[e + delta] for each (shift, delta, mask) in ``terms``:
-    bits of one part of each block (the mask) moved, as whole-tile operations, onto the codes of
-    another part, ``delta`` bytes before (a multiple of 8, |delta| <= 128). plane, w64 (R, nw)
-    uint64; shift > 0 is left, < 0 right."""
-    N = w64.size
-    t = _scratch("t", (N + 32,), np.uint64)      # 16 zero words either side: shifted views stay inside
-    t[:16] = 0
-    t[N + 16:] = 0
-    core = t[16:16 + N].reshape(w64.shape)
-    sh = _scratch("sh", w64.shape, np.uint64)
-    last = None
-    flat = plane.reshape(-1)
-    for shift, delta, mask in terms:
-        if shift != last:
-            src = w64 if shift == 0 else sh
-            if shift > 0:
-                np.left_shift(w64, np.uint64(shift), out=sh)
-            elif shift < 0:
-                np.right_shift(w64, np.uint64(-shift), out=sh)
-            last = shift
-        np.bitwise_and(src, mask, out=core)
-        flat |= t[16 + delta // 8:16 + delta // 8 + N]
+def _high_planes(ql, g, lo_shift, hi_shift, bits: int):
+    """Codes (2, M, 128) uint8 = nibbles of ql (M, 128) (low, then high) | top bits from g (M, 128):
+    the top ``bits`` bits of plane h, word w, are (g >> shift_h[w]) & mask, put at bit 4."""
+    M = ql.shape[0]
+    u = _scratch("u", (2, M, 16), np.uint64)
+    tmp = _scratch("tmp", (M, 16), np.uint64)
+    q64, g64 = ql.view(np.uint64), g.view(np.uint64)
+    mask = np.uint64(0x0101010101010101 * ((1 << bits) - 1))
+    for h, shift in enumerate((lo_shift, hi_shift)):
+        np.right_shift(g64, _pattern(M, shift), out=u[h])
+        u[h] &= mask
+        u[h] <<= np.uint64(4)
+        if h == 0:
+            np.bitwise_and(q64, _M4, out=tmp)
+        else:
+            np.right_shift(q64, np.uint64(4), out=tmp)
+            tmp &= _M4
+        u[h] |= tmp
+    return u.view(np.uint8).reshape(2, M, 128)
 
 
-def _planes(raw, nbytes: int):
-    """The tile raw (R, nb * nbytes) copied into rows of whole uint64 words, and its low and high
-    nibbles: w64 (R, nw), u64 (2, R, nw)."""
-    R, n = raw.shape
-    nw = -(-n // 8)
-    w = _scratch("w", (R, 8 * nw))
-    np.copyto(w[:, :n], raw)
-    w64 = w.view(np.uint64)
-    u64 = _scratch("u", (2, R, nw), np.uint64)
-    np.bitwise_and(w64, _M4, out=u64[0])
-    np.right_shift(w64, np.uint64(4), out=u64[1])
-    u64[1] &= _M4
-    return w64, u64
-
-
-def _cast(u64, nbytes: int, first: int, n_code: int, R: int, nb: int):
-    """Bytes first:first + n_code of each block of both planes u64 (2, R, nw) as float32
-    (2, nb, R, n_code), block-major: a group's (R, K) codes are then one strided matrix."""
-    f = _scratch("f", (2, nb, R, n_code), np.float32)
-    planes = u64.view(np.uint8)[:, :, :nb * nbytes].reshape(2, R, nb, nbytes)
-    np.copyto(f, planes[..., first:first + n_code].transpose(0, 2, 1, 3), casting="unsafe")
+def _cast_blocks(u, R: int, nb: int):
+    """Codes u (2, R * nb, 128) uint8 -> float32 (2, nb, R, 128), block-major: a group's (R, K)
+    codes are then one matrix with rows 128 floats apart."""
+    f = _scratch("f", (2, nb, R, 128), np.float32)
+    np.copyto(f, u.reshape(2, R, nb, 128).transpose(0, 2, 1, 3), casting="unsafe")
     return f
 
 
 class Q5_K(Kernel):
     """[d, dmin f16][12 bytes scales, mins][32 bytes qh][128 bytes qs]: Q4_K's nibbles, and bit 4
-    of weight 64c + 32h + l is bit 2c + h of qh[l]: moved onto the nibble planes (``_move_bits``)
-    from 32 + 32c bytes back."""
+    of weight 64c + 32h + l is bit 2c + h of qh[l]. qh is repeated for the 4 chunks c (np.take of
+    32-byte chunks: ~2 ns each) and shifted by 2c + h, word by word."""
     nbytes = 176
     pos = Q4_K.pos
 
     def dots(self, raw, X, out):
         R, n = raw.shape
         nb = n // 176
-        w64, u64 = _planes(raw, 176)
-        m = _mask(R, nb, 176, w64.shape[1], 16, 48, 0x10)
-        for h in range(2):       # bit 2c + h of qh to bit 4
-            _move_bits(u64[h], w64, [(4 - 2 * c - h, -32 - 32 * c, m) for c in range(4)])
-        f = _cast(u64, 176, 48, 128, R, nb)
+        qs = _compact(raw, 176, 48, 176, "ql")
+        qh = _compact(raw, 176, 16, 48, "qh")
+        g = _scratch("g", (R * nb, 4, 32))
+        np.take(qh.reshape(-1, 1, 32), [0, 0, 0, 0], axis=1, out=g)
+        u = _high_planes(qs, g.reshape(-1, 128), [2 * c for c in range(4) for _ in range(4)],
+                         [2 * c + 1 for c in range(4) for _ in range(4)], 1)
+        f = _cast_blocks(u, R, nb)
         np.matmul(_view(f, (2, 4, nb, R, 32), (nb * R * 128, 32, R * 128, 128, 1)), X, out=out)
 
     def scales(self, raw):
@@ -288,32 +277,28 @@ class Q6_K(Kernel):
     """[128 bytes ql][64 bytes qh][16 int8 scales][d f16]: 16 sub-blocks of 16, w = d*sc*(q - 32).
     Weight 128n + 32j + l (half n, l < 32) has its low 4 bits in ql[64n + 32(j % 2) + l] (low
     nibble for j < 2, high for j >= 2) and its top 2 bits in qh[32n + l] >> 2j.
-
-    Planes: low and high nibbles of the whole tile, as Q4_K; the top bits moved onto them
-    (``_move_bits``) from qh chunk n, 64, 96 or 128 bytes on. Groups [plane, n, m]: 16 codes at
-    64n + 16m of the plane."""
+    qh chunks are laid beside the ql chunks they complete (np.take: n, n for j % 2 = 0, 1) and
+    shifted by 2j word by word. Groups [plane h, n, m]: 16 codes at 64n + 16m of plane h."""
     nbytes = 210
     K = 16
     pos = np.array([[[128 * n + 64 * h + 16 * m for m in range(4)] for n in range(2)] for h in range(2)])
+    _shift = [[2 * (2 * h + j) for n in range(2) for j in range(2) for _ in range(4)] for h in range(2)]
 
     def dots(self, raw, X, out):
         R, n = raw.shape
         nb = n // 210
-        w64, u64 = _planes(raw, 210)
-        nw = w64.shape[1]
-        c0 = _mask(R, nb, 210, nw, 128, 160, 0x30)        # qh chunk n = 0, 1
-        c1 = _mask(R, nb, 210, nw, 160, 192, 0x30)
-        for h in range(2):       # top bits of j = 2h + j' (j' = 0, 1) to bits 4-5
-            s0, s1 = 4 - 4 * h, 2 - 4 * h
-            _move_bits(u64[h], w64, [(s0, 128, c0), (s0, 96, c1), (s1, 96, c0), (s1, 64, c1)])
-        f = _cast(u64, 210, 0, 128, R, nb)
+        ql = _compact(raw, 210, 0, 128, "ql")
+        qh = _compact(raw, 210, 128, 192, "qh")
+        g = _scratch("g", (R * nb, 4, 32))
+        np.take(qh.reshape(-1, 2, 32), [0, 0, 1, 1], axis=1, out=g)
+        u = _high_planes(ql, g.reshape(-1, 128), self._shift[0], self._shift[1], 2)
+        f = _cast_blocks(u, R, nb)
         np.matmul(_view(f, (2, 2, 4, nb, R, 16), (nb * R * 128, 64, 16, R * 128, 128, 1)), X, out=out)
 
     def scales(self, raw):
         R, n = raw.shape
         nb = n // 210
-        tail = _scratch("s-rows", (R, nb, 18))            # scales and d, read block by block
-        np.copyto(tail, raw.reshape(R, nb, 210)[..., 192:])
+        tail = _compact(raw, 210, 192, 210, "s-rows").reshape(R, nb, 18)   # scales and d
         # sub-block 8n + 4h + m -> [h, n, m]
         sc = tail[..., :16].view(np.int8).reshape(R, nb, 2, 2, 4).transpose(3, 2, 4, 1, 0)
         S = _scratch("S", (2, 2, 4, nb, R), np.float32)
