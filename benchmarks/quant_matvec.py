@@ -3,7 +3,9 @@
     python benchmarks/quant_matvec.py                       # Q4_K Q6_K Q8_0 Q5_K Q4_0, 1 and 2 threads
     python benchmarks/quant_matvec.py --types Q4_K --repeats 9
 
-Random blocks (valid float16 scales) of Llama 3 8B's FFN shapes, 14336 x 4096 (w1, w3) and
+``GGUFWeight.matmul`` with one token: the dot-product-domain path (``weights/qdot.py``); pass
+``--T 16`` to time the dequantize + BLAS path that prefill takes. Random blocks (valid float16
+scales) of Llama 3 8B's FFN shapes, 14336 x 4096 (w1, w3) and
 4096 x 14336 (w2): 33-62 MB each, more than the L3 cache, so every product streams the packed
 bytes from RAM as a decode step does. Beside each figure, in the same run: the float32
 matrix-vector streaming rate (BLAS on a 1 GiB matrix) turned into the bandwidth limit in weights/s
@@ -64,6 +66,24 @@ def stream_rate() -> float:
     return max(w.nbytes / best_time(lambda: w @ x, 1) for _ in range(3))
 
 
+def core_scaling(threads: int) -> float:
+    """How many cores this run really had: a compute-bound NumPy loop (np.sin on 64 KB, which
+    releases the GIL) on ``threads`` pool threads, as a speed-up over one. The machine is shared:
+    the 2-thread column means nothing when this is near 1."""
+    a = np.ones(1 << 14, np.float32)
+
+    def work():
+        b = np.empty_like(a)
+        for _ in range(400):
+            np.sin(a, out=b)
+
+    set_threads(threads)
+    pool = packed._get_pool()
+    one = best_time(work, 3)
+    many = best_time(lambda: [f.result() for f in [pool.submit(work) for _ in range(threads)]], 3)
+    return threads * one / many
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K", "Q8_0", "Q5_K", "Q4_0"])
@@ -79,6 +99,9 @@ def main(argv=None) -> int:
     set_threads(1)     # in a pool thread: BLAS single-threaded there (packed._init_worker)
     f32_rate = f32.size / packed._get_pool().submit(best_time, lambda: f32 @ x_all[4096][0], 50).result()
     print(f"float32 BLAS matrix-vector, 1 MB in cache, 1 thread: {f32_rate / 1e9:.1f} G weights/s")
+    for t in a.threads:
+        if t > 1:
+            print(f"{t} threads: compute-bound control ran {core_scaling(t):.2f}x one thread")
     head = "  ".join(f"{t} thr" for t in a.threads)
     print(f"{'type':<6} {'shape':<12} {head}  limit (bandwidth)")
     for kind in a.types:

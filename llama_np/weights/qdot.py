@@ -39,7 +39,7 @@ import numpy as np
 TILE_ROWS, TILE_BLOCKS, BAND_ROWS = 128, 8, 512
 MAX_TOKENS = 8      # more tokens per product: dequantize + BLAS (exact; faster from ~16-32 tokens)
 _local = threading.local()
-_consts: dict = {}   # shared read-only tables (bit masks), by shape
+_consts: dict = {}   # shared read-only tables (shift patterns)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
@@ -214,11 +214,11 @@ def _compact(raw, nbytes: int, lo: int, hi: int, name: str) -> np.ndarray:
 def _pattern(M: int, words) -> np.ndarray:
     """A per-word constant (e.g. shift counts) repeated for M blocks: (M, len(words)) uint64.
     Whole arrays, not one row broadcast: a broadcast operand costs one loop per block."""
-    key = ("pattern", M, tuple(words))
+    key = tuple(words)
     v = _consts.get(key)
-    if v is None:
-        v = _consts[key] = np.repeat(np.array([words], np.uint64), M, axis=0)
-    return v
+    if v is None or len(v) < M:
+        v = _consts[key] = np.repeat(np.array([words], np.uint64), max(M, TILE_ROWS * TILE_BLOCKS), axis=0)
+    return v[:M]
 
 
 def _high_planes(ql, g, lo_shift, hi_shift, bits: int):
@@ -263,7 +263,7 @@ class Q5_K(Kernel):
         qs = _compact(raw, 176, 48, 176, "ql")
         qh = _compact(raw, 176, 16, 48, "qh")
         g = _scratch("g", (R * nb, 4, 32))
-        np.take(qh.reshape(-1, 1, 32), [0, 0, 0, 0], axis=1, out=g)
+        np.take(qh.reshape(-1, 1, 32), [0, 0, 0, 0], axis=1, out=g, mode="clip")   # "raise" buffers out
         u = _high_planes(qs, g.reshape(-1, 128), [2 * c for c in range(4) for _ in range(4)],
                          [2 * c + 1 for c in range(4) for _ in range(4)], 1)
         f = _cast_blocks(u, R, nb)
@@ -290,7 +290,7 @@ class Q6_K(Kernel):
         ql = _compact(raw, 210, 0, 128, "ql")
         qh = _compact(raw, 210, 128, 192, "qh")
         g = _scratch("g", (R * nb, 4, 32))
-        np.take(qh.reshape(-1, 2, 32), [0, 0, 1, 1], axis=1, out=g)
+        np.take(qh.reshape(-1, 2, 32), [0, 0, 1, 1], axis=1, out=g, mode="clip")   # "raise" buffers out
         u = _high_planes(ql, g.reshape(-1, 128), self._shift[0], self._shift[1], 2)
         f = _cast_blocks(u, R, nb)
         np.matmul(_view(f, (2, 2, 4, nb, R, 16), (nb * R * 128, 64, 16, R * 128, 128, 1)), X, out=out)

@@ -21,9 +21,14 @@ float32, vectorised over the blocks, with the same float32 operations in the sam
 llama.cpp's ``dequantize_row_*`` (and the ``gguf`` package's Python port): the results are equal
 bit for bit (tests/test_quants.py checks every type against ``gguf.quants.dequantize``).
 
-``GGUFWeight`` is a ``PackedWeight`` over the raw bytes (a view of the file's memory map): the
-matrix product dequantizes a few rows at a time into a reused buffer and multiplies them with
-BLAS, so a 4.9 GB Q4_K_M 8B model stays 4.9 GB in memory instead of 32 GB of float32.
+``GGUFWeight`` is a ``PackedWeight`` over the raw bytes (a view of the file's memory map), so a
+4.9 GB Q4_K_M 8B model stays 4.9 GB in memory instead of 32 GB of float32. Its product:
+
+  * a few tokens (decode, T <= ``qdot.MAX_TOKENS``), for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K: in the
+    dot-product domain (``qdot.py``): the codes cast to float32, short dot products with x, the
+    scales applied per group afterwards; equal to the exact product up to float32 rounding;
+  * more tokens (prefill), and the other types: the exact dequantization above, a few rows at a
+    time into a reused buffer, multiplied with BLAS.
 """
 from __future__ import annotations
 
