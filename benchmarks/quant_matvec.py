@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llama_np.weights import packed, quants  # noqa: E402
+from llama_np.weights import packed, qdot, quants  # noqa: E402
 
 SHAPES = [(14336, 4096), (4096, 14336)]
 F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
@@ -103,17 +103,22 @@ def main(argv=None) -> int:
         if t > 1:
             print(f"{t} threads: compute-bound control ran {core_scaling(t):.2f}x one thread")
     head = "  ".join(f"{t} thr" for t in a.threads)
-    print(f"{'type':<6} {'shape':<12} {head}  limit (bandwidth)")
+    print(f"{'type':<6} {'shape':<12} dot-domain: {head}   dequantize+BLAS: {head}   limit (bandwidth)")
     for kind in a.types:
         bpw = quants.bits_per_weight(kind) / 8
         for n_out, n_in in SHAPES:
             w = random_weight(kind, n_out, n_in)
-            figs = []
-            for t in a.threads:
-                set_threads(t)
-                figs.append(n_out * n_in / best_time(lambda: w.matmul(x_all[n_in]), a.repeats))
-            cells = "  ".join(f"{f / 1e9:5.2f}" for f in figs)
-            print(f"{kind:<6} {n_out}x{n_in:<6} {cells}  {rate / bpw / 1e9:5.1f}", flush=True)
+            figs = {}
+            for path, max_tokens in (("dot", qdot.MAX_TOKENS), ("dequant", 0)):
+                qdot.MAX_TOKENS, saved = max_tokens, qdot.MAX_TOKENS
+                try:
+                    for t in a.threads:
+                        set_threads(t)
+                        figs[path, t] = n_out * n_in / best_time(lambda: w.matmul(x_all[n_in]), a.repeats)
+                finally:
+                    qdot.MAX_TOKENS = saved
+            cells = "   ".join("  ".join(f"{figs[p, t] / 1e9:5.2f}" for t in a.threads) for p in ("dot", "dequant"))
+            print(f"{kind:<6} {n_out}x{n_in:<6}        {cells}          {rate / bpw / 1e9:5.1f}", flush=True)
     return 0
 
 
