@@ -4,6 +4,7 @@
     python benchmarks/gguf_shapes.py --shape 1b --ftype Q8_0 --layers 4      # CI (no llama.cpp needed)
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q4_K_M               # by hand: ~16 GB F16 on disk
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q8_0
+    python benchmarks/gguf_shapes.py --shape 1b --ftype Q4_K_M --check-transformers   # logits, ~2 min, 6.5 GiB
 
 Needs llama-cpp-python (the ``llamacpp`` extra), except for Q8_0, which the ``gguf`` package can
 write itself (then there is no llama.cpp column: CI does not build llama.cpp). Steps:
@@ -15,6 +16,10 @@ write itself (then there is no llama.cpp column: CI does not build llama.cpp). S
        * llama.cpp (llama-cpp-python), same file, same number of threads;
      reporting load time, peak RSS against the file size, decode tokens/s and the ratio;
   4. the bandwidth limit: packed weight bytes read per token / the float32 streaming rate.
+``--check-transformers`` instead compares llama_np's logits (a 16-token prefill, then 8 cached
+decode steps) with transformers loading the same file (issue 16: within 1e-3). Measured at the 1B
+shape, all 16 layers: max |diff| <= 1.2e-5 for Q4_K_M, Q5_K_M, Q6_K and Q8_0 (logits of max |x|
+~5), greedy tokens 24/24 (docs/design.md 5.4).
 Random weights decode at the speed of trained ones (same shapes, same bytes). Targets (issue 16)
 for 8B on 2 cores: Q4_K_M peak RSS <= file + 1.5 GiB, >= 0.3 tok/s; Q8_0 >= 0.5 tok/s. Timings
 on a shared machine are noisy: compare the ratios within one run.

@@ -251,6 +251,8 @@ class GGUFWeight(PackedWeight):
         futures = [_get_pool().submit(qdot.run, kern, self.data, X, xs, y, r0, r1) for r0, r1 in ranges]
         for f in futures:
             f.result()
+        if self.out_perm is not None:
+            y = y[:, self.out_perm]
         return y.reshape(n_out) if x.ndim == 1 else y
 
     def __repr__(self):
