@@ -164,24 +164,26 @@ def _k_scales(raw, nbytes: int):
     (see quants._k_scale_min) -> S = d * sc, M = -dmin * m, (2, 4, nb, R) for sub-block 2c + h at [h, c]."""
     R, n = raw.shape
     nb = n // nbytes
-    rows = _scratch("s-rows", (R, nb, 4), np.uint32)   # the first 16 bytes, as words
-    np.copyto(rows, raw.view(np.uint32).reshape(R, nb, nbytes // 4)[..., :4])
-    head = _scratch("s-head", (4, nb, R), np.uint32)
-    np.copyto(head, rows.transpose(2, 1, 0))
+    # the first 16 bytes of each block as four words: d|dmin, then the scales' three words. One
+    # strided loop each (a band's rows are contiguous), not a 16-byte loop per block.
+    head = _scratch("s-head", (4, R, nb), np.uint32)
+    w32 = raw.view(np.uint32)
+    for k in range(4):
+        np.copyto(head[k], w32[:, k::nbytes // 4])
     dm, d, m, md = head
-    words = _scratch("s-words", (2, 2, nb, R), np.uint32)   # [scales/mins, bytes 0-3/4-7]
+    words = _scratch("s-words", (2, 2, R, nb), np.uint32)   # [scales/mins, bytes 0-3/4-7]
     np.bitwise_and(head[1:3], np.uint32(0x3F3F3F3F), out=words[:, 0])
     hi2 = np.uint32(0x30303030)
     np.bitwise_or(md & np.uint32(0x0F0F0F0F), (d >> np.uint32(2)) & hi2, out=words[0, 1])
     np.bitwise_or((md >> np.uint32(4)) & np.uint32(0x0F0F0F0F), (m >> np.uint32(2)) & hi2, out=words[1, 1])
     # byte b of word w is sub-block s = 4w + b = 2c + h: c = 2w + b // 2, h = b % 2
-    b = words.view(np.uint8).reshape(2, 2, nb, R, 2, 2)              # [kind, w, blk, r, c%2, h]
+    b = words.view(np.uint8).reshape(2, 2, R, nb, 2, 2)              # [kind, w, r, blk, c%2, h]
     out = _scratch("S", (2, 2, 2, 2, nb, R), np.float32)              # [kind, h, w, c%2, blk, r]
-    np.copyto(out, b.transpose(0, 5, 1, 4, 2, 3), casting="unsafe")
-    f = _f16(dm.view(np.uint16).reshape(nb, R, 2))                    # d, dmin
+    np.copyto(out, b.transpose(0, 5, 1, 4, 3, 2), casting="unsafe")
+    f = _f16(dm.view(np.uint16).reshape(R, nb, 2).transpose(2, 1, 0))   # d, dmin: (2, nb, R)
     out = out.reshape(2, 2, 4, nb, R)
-    out[0] *= f[..., 0]
-    out[1] *= -f[..., 1]
+    out[0] *= f[0]
+    out[1] *= -f[1]
     return out[0], out[1]
 
 
