@@ -113,3 +113,19 @@ def test_types_without_kernel_still_multiply():
         w = quants.GGUFWeight(raw, kind, 512)
         x = np.random.default_rng(11).standard_normal((1, 512)).astype(np.float32)
         assert_within_bound(w.matmul(x), x, ref_dequantize(raw, Q[kind]))
+
+
+def test_float16_by_integer_operations():
+    """qdot's float16 -> float32 (integer operations, NumPy's cast being slow) gives NumPy's
+    float32 for every one of the 65536 halves, infinities and NaNs included (bit for bit; NaNs as
+    NaNs), in any layout."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = h.view(np.float16).astype(np.float32)
+    finite = np.isfinite(want)
+    got = qdot._f16(h[finite])
+    assert np.array_equal(got.view(np.uint32), want[finite].view(np.uint32))
+    got = qdot._f16(h)                                 # with inf and NaN: the same as NumPy
+    assert np.array_equal(got[finite].view(np.uint32), want[finite].view(np.uint32))
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    strided = h[finite][:7 * 3000].reshape(-1, 7)[::2, ::3]
+    assert np.array_equal(qdot._f16(strided), strided.view(np.float16).astype(np.float32))

@@ -66,8 +66,25 @@ def _scratch(name: str, shape, dtype=np.uint8) -> np.ndarray:
 
 
 def _f16(u16: np.ndarray) -> np.ndarray:
-    """Raw float16 bits (uint16 array, any layout) -> float32, C-contiguous."""
-    return u16.view(np.float16).astype(np.float32, order="C")
+    """Raw float16 bits (uint16 array, any layout) -> float32, C-contiguous, in this thread's
+    scratch buffer (valid until the next call). NumPy's float16 cast is scalar code (~2.3 ns a
+    value: 0.07 ns a weight for Q8_0's scale per 32); integer operations give the same bits in
+    ~0.6 ns: a finite half h is ((h & 0x7FFF) << 13, read as a float32) * 2**112, with the sign
+    bit moved up 16, exact for normal and subnormal halves alike. Infinities and NaNs (which no
+    quantizer writes) would come out finite: then NumPy's cast is used instead."""
+    u = _scratch("f16", u16.shape, np.uint32)
+    sign = _scratch("f16-sign", u16.shape, np.uint32)
+    np.copyto(u, u16)
+    np.bitwise_and(u, np.uint32(0x8000), out=sign)
+    np.left_shift(sign, np.uint32(16), out=sign)
+    np.bitwise_and(u, np.uint32(0x7FFF), out=u)
+    np.left_shift(u, np.uint32(13), out=u)
+    if u.size and u.max() >= np.uint32(0x7C00 << 13):          # exponent 31: inf or NaN
+        return u16.view(np.float16).astype(np.float32, order="C")
+    np.bitwise_or(u, sign, out=u)
+    f = u.view(np.float32)
+    np.multiply(f, np.float32(2.0 ** 112), out=f)
+    return f
 
 
 def _view(f: np.ndarray, shape, strides, offset: int = 0) -> np.ndarray:
