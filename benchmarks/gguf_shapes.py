@@ -4,6 +4,7 @@
     python benchmarks/gguf_shapes.py --shape 1b --ftype Q8_0 --layers 4      # CI (no llama.cpp needed)
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q4_K_M               # by hand: ~16 GB F16 on disk
     python benchmarks/gguf_shapes.py --shape 8b --ftype Q8_0
+    python benchmarks/gguf_shapes.py --shape 1b --ftype Q4_K_M --check-transformers   # logits, ~2 min, 6.5 GiB
 
 Needs llama-cpp-python (the ``llamacpp`` extra), except for Q8_0, which the ``gguf`` package can
 write itself (then there is no llama.cpp column: CI does not build llama.cpp). Steps:
@@ -15,6 +16,10 @@ write itself (then there is no llama.cpp column: CI does not build llama.cpp). S
        * llama.cpp (llama-cpp-python), same file, same number of threads;
      reporting load time, peak RSS against the file size, decode tokens/s and the ratio;
   4. the bandwidth limit: packed weight bytes read per token / the float32 streaming rate.
+``--check-transformers`` instead compares llama_np's logits (a 16-token prefill, then 8 cached
+decode steps) with transformers loading the same file (issue 16: within 1e-3). Measured at the 1B
+shape, all 16 layers: max |diff| <= 1.2e-5 for Q4_K_M, Q5_K_M, Q6_K and Q8_0 (logits of max |x|
+~5), greedy tokens 24/24 (docs/design.md 5.4).
 Random weights decode at the speed of trained ones (same shapes, same bytes). Targets (issue 16)
 for 8B on 2 cores: Q4_K_M peak RSS <= file + 1.5 GiB, >= 0.3 tok/s; Q8_0 >= 0.5 tok/s. Timings
 on a shared machine are noisy: compare the ratios within one run.
@@ -162,6 +167,62 @@ def run_llamacpp(path: Path, tokens: int, threads: int) -> dict:
     return {"load_s": load_s, "decode_tok_s": len(steady) / sum(steady), "peak_rss": vm_hwm(), "rss": vm_rss()}
 
 
+CHECK_IDS, CHECK_PREFILL = 24, 16       # tokens compared with transformers; the first 16 as one prompt
+CHECK_ATOL = 1e-3                       # issue 16: logits within 1e-3 of transformers on the same file
+
+
+def check_transformers(path: Path) -> dict:
+    """llama_np's logits on ``path`` against transformers loading the same GGUF (it dequantizes
+    with ``gguf``, to float32): a 16-token prompt at once (prefill: dequantize + BLAS), then 8
+    tokens one at a time through the KV cache (decode: llama_np's dot-product-domain product),
+    against transformers' logits of the whole sequence. Random ids, seed 0."""
+    import gc
+    from llama_np.kv_cache import new_cache
+    from llama_np.model import forward, nest
+    from llama_np.weights.gguf import load
+    cfg, flat, _ = load(path, tokenizer=False, progress=False, dtype="packed")
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, CHECK_IDS)
+    params = nest(flat, cfg)
+    cache = new_cache(cfg, max_seq_len=CHECK_IDS)
+    ours = [forward(params, cfg, ids[:CHECK_PREFILL], 0, cache)]
+    ours += [forward(params, cfg, ids[t:t + 1], t, cache) for t in range(CHECK_PREFILL, CHECK_IDS)]
+    ours = np.concatenate(ours)
+    del params, flat, cache
+    gc.collect()
+    import torch
+    from transformers import AutoModelForCausalLM
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32,
+                                                 attn_implementation="eager")
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)[None]).logits[0].numpy().astype(np.float32)
+    hf_s = time.perf_counter() - t0
+    diff = np.abs(ours - ref)
+    p = CHECK_PREFILL
+    return {"prefill_max_abs": float(diff[:p].max()), "decode_max_abs": float(diff[p:].max()),
+            "logit_scale": float(np.abs(ref).max()), "logit_std": float(ref.std()),
+            "greedy_agree": int((ours.argmax(-1) == ref.argmax(-1)).sum()), "tokens": int(len(ids)),
+            "transformers_s": hf_s, "peak_rss": vm_hwm()}
+
+
+def print_check(r: dict) -> bool:
+    if "error" in r:
+        print(f"  transformers check: {r['error']}")
+        return False
+    ok = max(r["prefill_max_abs"], r["decode_max_abs"]) <= CHECK_ATOL
+    print(f"  llama_np vs transformers on the same file ({r['tokens']} random ids; transformers load + "
+          f"forward {r['transformers_s']:.0f} s, peak RSS {r['peak_rss'] / 2**30:.1f} GiB):")
+    print(f"    logits: max |x| {r['logit_scale']:.2f}, std {r['logit_std']:.3f}")
+    for what in ("prefill", "decode"):
+        a = r[f"{what}_max_abs"]
+        print(f"    {what:<8} ({'first ' + str(CHECK_PREFILL) + ' at once' if what == 'prefill' else 'one at a time, KV cache'}): "
+              f"max |diff| {a:.2e} = {a / r['logit_scale']:.1e} of max |logit|")
+    print(f"    greedy tokens agree: {r['greedy_agree']}/{r['tokens']}; within {CHECK_ATOL:g}: {'yes' if ok else 'NO'}")
+    return ok
+
+
 # ----------------------------------------------------------------------------- parent
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -172,11 +233,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/llama_np_gguf_shapes"))
     ap.add_argument("--keep", action="store_true", help="keep the GGUF files")
+    ap.add_argument("--check-transformers", action="store_true",
+                    help="instead of timing: compare prefill and cached-decode logits with transformers on the "
+                         f"same file (needs torch + transformers; ~5 GB for the 1B shape), within {CHECK_ATOL:g}")
     ap.add_argument("--child", nargs=2, metavar=("WHICH", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        fn = run_llama_np if a.child[0] == "llama_np" else run_llamacpp
-        res = fn(Path(a.child[1]), a.tokens) if fn is run_llama_np else fn(Path(a.child[1]), a.tokens, a.threads)
+        which, path = a.child[0], Path(a.child[1])
+        if which == "check":
+            res = check_transformers(path)
+        elif which == "llama_np":
+            res = run_llama_np(path, a.tokens)
+        else:
+            res = run_llamacpp(path, a.tokens, a.threads)
         print(json.dumps(res))
         return 0
     try:
@@ -209,6 +278,11 @@ def main(argv=None) -> int:
     print(f"  {dest.name}: {size / 2**30:.2f} GiB", flush=True)
     env_args = ["--tokens", str(a.tokens), "--threads", str(a.threads)]
     os.environ["LLAMA_NP_THREADS"] = str(a.threads)
+    if a.check_transformers:
+        ok = print_check(child([*env_args, "--child", "check", str(dest)], timeout=3600, script=__file__))
+        if not a.keep:
+            dest.unlink()
+        return 0 if ok else 1
     ours = child([*env_args, "--child", "llama_np", str(dest)], timeout=3600, script=__file__)
     peer = (child([*env_args, "--child", "llamacpp", str(dest)], timeout=3600, script=__file__) if have_llamacpp
             else {"error": "not installed (pip install -e '.[llamacpp]')"})

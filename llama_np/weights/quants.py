@@ -21,15 +21,21 @@ float32, vectorised over the blocks, with the same float32 operations in the sam
 llama.cpp's ``dequantize_row_*`` (and the ``gguf`` package's Python port): the results are equal
 bit for bit (tests/test_quants.py checks every type against ``gguf.quants.dequantize``).
 
-``GGUFWeight`` is a ``PackedWeight`` over the raw bytes (a view of the file's memory map): the
-matrix product dequantizes a few rows at a time into a reused buffer and multiplies them with
-BLAS, so a 4.9 GB Q4_K_M 8B model stays 4.9 GB in memory instead of 32 GB of float32.
+``GGUFWeight`` is a ``PackedWeight`` over the raw bytes (a view of the file's memory map), so a
+4.9 GB Q4_K_M 8B model stays 4.9 GB in memory instead of 32 GB of float32. Its product:
+
+  * a few tokens (decode, T <= ``qdot.MAX_TOKENS``), for Q8_0, Q4_0, Q4_K, Q5_K and Q6_K: in the
+    dot-product domain (``qdot.py``): the codes cast to float32, short dot products with x, the
+    scales applied per group afterwards; equal to the exact product up to float32 rounding;
+  * more tokens (prefill), and the other types: the exact dequantization above, a few rows at a
+    time into a reused buffer, multiplied with BLAS.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .packed import PackedWeight
+from . import qdot
+from .packed import PackedWeight, _get_pool, _split, n_threads
 
 QK = 32     # weights per block, legacy types
 QK_K = 256  # weights per super-block, K-quants
@@ -228,6 +234,26 @@ class GGUFWeight(PackedWeight):
     def _widen(self, r0, r1, out):
         w = out.view(np.float32).reshape(r1 - r0, self.n_in)
         return dequantize(self.data[r0:r1], self.kind, out=w)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, in) -> x @ W.T (T, out). A few tokens (decode): in the dot-product domain
+        (``qdot``), W never widened; more (prefill): W dequantized exactly, a few rows at a time,
+        and multiplied by BLAS."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        x2 = x.reshape(-1, x.shape[-1])
+        kern = qdot.KERNELS.get(self.kind)
+        if kern is None or x2.shape[0] > qdot.MAX_TOKENS or self.n_in % 256 or x2.shape[1] != self.n_in:
+            return super().matmul(x)
+        X, xs = qdot.prepare(kern, x2)
+        n_out = self.data.shape[0]
+        y = np.empty((x2.shape[0], n_out), dtype=np.float32)
+        ranges = _split(n_out, n_threads(), qdot.TILE_ROWS)
+        futures = [_get_pool().submit(qdot.run, kern, self.data, X, xs, y, r0, r1) for r0, r1 in ranges]
+        for f in futures:
+            f.result()
+        if self.out_perm is not None:
+            y = y[:, self.out_perm]
+        return y.reshape(n_out) if x.ndim == 1 else y
 
     def __repr__(self):
         return (f"GGUFWeight(shape={self.shape}, kind={self.kind}, {bits_per_weight(self.kind):g} bits/weight, "
