@@ -58,7 +58,8 @@ def test_dot_domain_matches_dequantize(monkeypatch, kind, blocks_per_row):
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_threads_split_rows(monkeypatch, threads):
     """Any number of threads gives the same numbers: each row is computed by one thread, in the
-    same order, whatever the split (bit for bit)."""
+    same order, whatever the split. (Bit for bit with this OpenBLAS; asserted to float32
+    rounding, so that a BLAS choosing another kernel for a shorter tile cannot fail it.)"""
     from llama_np.weights import packed
     raw = random_blocks("Q4_K", 700 * 4, seed=3).reshape(700, -1)
     w = quants.GGUFWeight(raw, "Q4_K", 1024)
@@ -68,7 +69,8 @@ def test_threads_split_rows(monkeypatch, threads):
     one = w.matmul(x)
     monkeypatch.setattr(packed, "_pool", None)
     monkeypatch.setenv("LLAMA_NP_THREADS", threads)
-    assert np.array_equal(w.matmul(x), one)
+    scale = np.abs(x) @ np.abs(quants.dequantize(raw, "Q4_K")).T
+    assert np.all(np.abs(w.matmul(x) - one) <= 4 * EPS32 * scale)
     monkeypatch.setattr(packed, "_pool", None)
 
 
