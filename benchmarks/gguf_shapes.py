@@ -68,19 +68,11 @@ def write_f16(cfg, path: Path, q8: bool = False) -> float:
     from gguf.quants import quantize as gguf_quantize
 
     from llama_np.model import param_shapes
+    from llama_np.weights.gguf import write_metadata
     t0 = time.perf_counter()
     shapes = param_shapes(cfg)
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.dim)
-    w.add_feed_forward_length(cfg.hidden_dim)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
+    write_metadata(w, cfg)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     # llama.cpp will not load a model without a vocabulary: placeholder SentencePiece pieces.
     w.add_tokenizer_model("llama")

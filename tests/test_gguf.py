@@ -25,7 +25,7 @@ from llama_np import forward, nest  # noqa: E402
 from llama_np.assets import AssetError  # noqa: E402
 from llama_np.tokenizer.gguf_meta import GGUFFormatError  # noqa: E402
 from llama_np.weights import detect_format, load_model  # noqa: E402
-from llama_np.weights.gguf import load, meta_name  # noqa: E402
+from llama_np.weights.gguf import load, meta_name, write_metadata  # noqa: E402
 from course.fixtures.tiny.configs import config, make_weights  # noqa: E402
 from course.fixtures.tiny.make_fixtures import HERE as TINY  # noqa: E402
 from tests.tolerance import REFERENCE_ULPS, assert_close  # noqa: E402
@@ -49,16 +49,7 @@ def write_gguf(path, cfg, weights: dict, qtype=Q.F32, extra=None, drop=(), arch=
     (``label``: a type to claim in the header instead, for bad files). K-quants, which the
     ``gguf`` package cannot quantize, get random valid blocks (see tests/test_quants.py)."""
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.dim)
-    w.add_feed_forward_length(cfg.hidden_dim)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
+    write_metadata(w, cfg)
     for name, arr in {**weights, **(extra or {})}.items():
         if name in drop:
             continue

@@ -203,6 +203,21 @@ def rope_freq_factors(tensor, cfg, path: str = "") -> tuple:
     return tuple(float(v) for v in f)
 
 
+def write_metadata(writer, cfg: ModelConfig) -> None:
+    """Write ``cfg`` as the ``llama.*`` keys that ``ModelConfig.from_gguf_metadata`` reads, with a
+    ``gguf.GGUFWriter`` (tests and benchmarks that make GGUF files; the inverse of reading)."""
+    writer.add_block_count(cfg.n_layers)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.dim)
+    writer.add_feed_forward_length(cfg.hidden_dim)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.n_kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+
+
 def config_from_metadata(md: dict, tensors: dict, path: str = "") -> ModelConfig:
     """ModelConfig from metadata; tied embeddings when the file has no ``output.weight``."""
     try:
