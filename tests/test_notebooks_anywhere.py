@@ -144,14 +144,18 @@ def test_gpu_emulated_tests_run_from_a_non_editable_install(installed, tmp_path)
     """tests/test_gpu_emulated.py and tests/test_kernels.py (llama_np.gpu with CuPy and its CUDA
     kernels emulated in NumPy) against the installed package, from a folder outside the
     repository: the .cu files, the tiny models' fixtures and whatever else the GPU path reads must
-    come with the package. Only the test files are copied (and benchmarks/gpu.py, which one of
-    them runs)."""
+    come with the package. Only the test files are copied, with the llama.cpp-written GGUF files
+    they compare against (test data, not the package's) and benchmarks/gpu.py, which one runs."""
     work = tmp_path / "outside"
     (work / "tests").mkdir(parents=True)
     (work / "benchmarks").mkdir()
     for name in ("__init__.py", "gpu_emulator.py", "tolerance.py", "test_gpu_emulated.py", "test_kernels.py"):
         shutil.copy(ROOT / "tests" / name, work / "tests" / name)
     shutil.copy(ROOT / "benchmarks" / "gpu.py", work / "benchmarks" / "gpu.py")
+    (work / "tests" / "fixtures").mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "__init__.py", work / "tests" / "fixtures" / "__init__.py")
+    shutil.copytree(ROOT / "tests" / "fixtures" / "llamacpp", work / "tests" / "fixtures" / "llamacpp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     env = isolated_env(installed)
     probe = subprocess.run([sys.executable, "-c", "import llama_np, course, tests; "
                             "print(llama_np.__file__, course.__file__, tests.__file__)"],
