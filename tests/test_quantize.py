@@ -104,6 +104,28 @@ def random_llama_weights(seed: int) -> dict:
     return out
 
 
+def quantized_by_llamacpp(src, tmp_path, ftype):
+    """llama.cpp quantizes the GGUF file ``src`` to ``ftype``: yields (Meta name, GGUF type name,
+    raw data) for each tensor of the result, which is deleted afterwards."""
+    dest = tmp_path / f"{ftype}.gguf"
+    mf.quantize(src, dest, ftype)
+    for t in gguf.GGUFReader(str(dest)).tensors:
+        yield meta_name(t.name), t.tensor_type.name, t.data
+    dest.unlink()
+
+
+def assert_blocks_like_llamacpp(src, tmp_path, weights: dict, ftypes) -> dict:
+    """For each llama.cpp file type, every tensor of a type quantize() writes has llama.cpp's bytes.
+    Returns the number of blocks compared, by type."""
+    count = {}
+    for ftype in ftypes:
+        for name, kind, data in quantized_by_llamacpp(src, tmp_path, ftype):
+            if kind in qz.QUANTIZERS:
+                assert_blocks_equal(qz.quantize(weights[name], kind), data, kind, f"{ftype} {name}")
+                count[kind] = count.get(kind, 0) + data.size // TYPES[kind][1]
+    return count
+
+
 @pytest.mark.parametrize("source", ["F32", "F16"])
 def test_remade_by_llamacpp(tmp_path, source):
     """llama.cpp quantizes a fresh random model (F32 or F16 file, adversarial rows included) to
@@ -115,16 +137,9 @@ def test_remade_by_llamacpp(tmp_path, source):
     src = write_gguf(tmp_path / f"src-{source}.gguf", mf.config(), weights, qtype=Q[source])
     if source == "F16":                 # what llama.cpp reads back from the F16 file
         weights = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
-    kinds = set()
-    for ftype in ["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S"]:
-        dest = tmp_path / f"{ftype}.gguf"
-        mf.quantize(src, dest, ftype)
-        for t in gguf.GGUFReader(str(dest)).tensors:
-            kind = t.tensor_type.name
-            if kind in qz.QUANTIZERS:
-                assert_blocks_equal(qz.quantize(weights[meta_name(t.name)], kind), t.data, kind, f"{ftype} {t.name}")
-                kinds.add(kind)
-    assert kinds == set(qz.QUANTIZERS)
+    count = assert_blocks_like_llamacpp(src, tmp_path, weights, ["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "Q4_1",
+                                                                  "Q5_0", "Q5_1", "Q2_K", "Q3_K_S"])
+    assert set(count) == set(qz.QUANTIZERS)
 
 
 def test_many_blocks_like_llamacpp(tmp_path):
@@ -146,16 +161,8 @@ def test_many_blocks_like_llamacpp(tmp_path):
         weights[name] = np.ones(s) if len(s) == 1 else w()
     weights = {k: v.astype(np.float32) for k, v in weights.items()}
     src = write_gguf(tmp_path / "src.gguf", cfg, weights)
-    count = {}
-    for ftype in ["Q4_K_M", "Q5_K_M", "Q6_K", "Q2_K", "Q3_K_S", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]:
-        dest = tmp_path / f"{ftype}.gguf"
-        mf.quantize(src, dest, ftype)
-        for t in gguf.GGUFReader(str(dest)).tensors:
-            kind = t.tensor_type.name
-            if kind in qz.QUANTIZERS:
-                assert_blocks_equal(qz.quantize(weights[meta_name(t.name)], kind), t.data, kind, f"{ftype} {t.name}")
-                count[kind] = count.get(kind, 0) + t.data.size // TYPES[kind][1]
-        dest.unlink()
+    count = assert_blocks_like_llamacpp(src, tmp_path, weights, ["Q4_K_M", "Q5_K_M", "Q6_K", "Q2_K", "Q3_K_S",
+                                                                  "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
     assert set(count) == set(qz.QUANTIZERS) and min(count.values()) > 20_000, count
 
 
@@ -175,16 +182,13 @@ def test_fallback_like_llamacpp(tmp_path):
     seen = set()
     targets = [("Q2_K", "Q2_K"), ("Q3_K_S", "Q3_K"), ("Q4_K_M", "Q4_K"), ("Q5_K_M", "Q5_K"), ("Q6_K", "Q6_K")]
     for ftype, target in targets:
-        dest = tmp_path / f"{ftype}.gguf"
-        mf.quantize(src, dest, ftype)
-        for t in gguf.GGUFReader(str(dest)).tensors:
-            w = weights[meta_name(t.name)]
-            kind = t.tensor_type.name
+        for name, kind, data in quantized_by_llamacpp(src, tmp_path, ftype):
+            w = weights[name]
             if w.ndim == 2 and w.shape[1] == 288:    # llama.cpp's choice was a K-quant
-                assert kind in qz.FALLBACK.values(), (ftype, t.name, kind)
+                assert kind in qz.FALLBACK.values(), (ftype, name, kind)
                 seen.add((target, kind))
             if kind in qz.QUANTIZERS:
-                assert_blocks_equal(qz.quantize(w, kind), t.data, kind, f"{ftype} {t.name}")
+                assert_blocks_equal(qz.quantize(w, kind), data, kind, f"{ftype} {name}")
     assert {(k, v) for k, v in qz.FALLBACK.items()} <= seen
 
 
