@@ -212,6 +212,20 @@ def print_profile(prof: dict, step_tok_s: float) -> None:
         p(f"    {name:14s} x{v['count']:3d} {v['us']:8.1f} us  = {v['count'] * v['us'] / 1e3:6.3f} ms{bw}")
 
 
+def diagnose_step(dec, r: dict, step_tok_s: float) -> None:
+    """The decoder's step taken apart: its CUDA graph replayed alone, and each kernel timed
+    (r["graph_replay_ms"], r["profile"]). A diagnosis only: never lose the figures for it."""
+    try:
+        if dec.graph is not None:
+            r["graph_replay_ms"] = time_graph_replay(dec)
+            p(f"  the step's graph alone, replayed back to back: {r['graph_replay_ms']:.3f} ms "
+              f"= {1e3 / r['graph_replay_ms']:.1f} tok/s")
+        r["profile"] = profile_step(dec)
+        print_profile(r["profile"], step_tok_s)
+    except Exception:
+        traceback.print_exc()
+
+
 def device_params(cfg, kind: str = "bf16", seed: int = 0, std: float = 0.02):
     """Random weights of cfg's shape made on the GPU, one tensor at a time (bf16 as raw bits, by
     truncation), stacked and wrapped by ``gpu.assemble`` exactly as uploaded weights are."""
@@ -415,15 +429,7 @@ def main(argv=None) -> int:
                     g["prefill_tok_s"] = t["prefill_tok_s"]
                     p(f"  llama_np bf16 greedy on the GPU, pipelined: decode {g['decode_tok_s']:.1f} tok/s "
                       f"(mean {g['decode_mean_tok_s']:.1f}) = {g['pct_of_limit']:.0f}% of the limit")
-                    try:
-                        if dec.graph is not None:
-                            r["graph_replay_ms"] = time_graph_replay(dec)
-                            p(f"  the step's graph alone, replayed back to back: {r['graph_replay_ms']:.3f} ms "
-                              f"= {1e3 / r['graph_replay_ms']:.1f} tok/s")
-                        r["profile"] = profile_step(dec)
-                        print_profile(r["profile"], t["decode_tok_s"])
-                    except Exception:    # a diagnosis only: never lose the figures for it
-                        traceback.print_exc()
+                    diagnose_step(dec, r, t["decode_tok_s"])
                 del dec
             r["model_code_decode_tok_s"] = time_model_code_decode(params, cfg, prompt, min(32, args.new_tokens))
             p(f"  llama_np bf16 through model.forward (unfused CuPy ops): decode "
@@ -479,15 +485,7 @@ def main(argv=None) -> int:
             r["pool_GB"] = used / 1e9
             p(f"  CuPy's memory pool holds {used / 1e9:.2f} GB (weights, KV cache for "
               f"{args.prompt_tokens + args.new_tokens + 8} positions, the prefill's scratch tile)")
-            try:
-                if dec.graph is not None:
-                    r["graph_replay_ms"] = time_graph_replay(dec)
-                    p(f"  the step's graph alone, replayed back to back: {r['graph_replay_ms']:.3f} ms "
-                      f"= {1e3 / r['graph_replay_ms']:.1f} tok/s")
-                r["profile"] = profile_step(dec)
-                print_profile(r["profile"], t["decode_tok_s"])
-            except Exception:    # a diagnosis only: never lose the figures for it
-                traceback.print_exc()
+            diagnose_step(dec, r, t["decode_tok_s"])
             del dec, params
             pool.free_all_blocks()
             return r
