@@ -151,8 +151,16 @@ class PackedWeight:
             np.matmul(x, w.T, out=y[:, a:b])
             self._scale(y[:, a:b], a, b)
 
+    def _plan(self, x2: np.ndarray, y: np.ndarray):
+        """How ``matmul`` computes y = x2 @ W.T: (run(r0, r1), which fills y[:, r0:r1], and the
+        row alignment of the threads' ranges). Here: W widened ``block`` rows at a time."""
+        # Prefill (many tokens) is compute-bound: larger blocks give BLAS more work per call.
+        block = max(8, BLOCK_BYTES // (4 * self.shape[1])) * (1 if x2.shape[0] < 16 else 4)
+        return (lambda r0, r1: self._run(x2, y, r0, r1, block)), block
+
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x: (T, in) float32 -> x @ W.T: (T, out) float32, W widened block by block."""
+        """x: (T, in) float32 -> x @ W.T: (T, out) float32, the rows split between the threads
+        and computed as ``_plan`` says (by default W widened block by block)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         squeeze = x.ndim == 1
         x2 = x.reshape(-1, x.shape[-1])
@@ -160,10 +168,8 @@ class PackedWeight:
         if x2.shape[1] != n_in:
             raise ValueError(f"matmul: x has {x2.shape[1]} features, weight {self.shape} expects {n_in}")
         y = np.empty((x2.shape[0], n_out), dtype=np.float32)
-        # Prefill (many tokens) is compute-bound: larger blocks give BLAS more work per call.
-        block = max(8, BLOCK_BYTES // (4 * n_in)) * (1 if x2.shape[0] < 16 else 4)
-        ranges = _split(n_out, n_threads(), block)
-        futures = [_get_pool().submit(self._run, x2, y, r0, r1, block) for r0, r1 in ranges]
+        run, align = self._plan(x2, y)
+        futures = [_get_pool().submit(run, r0, r1) for r0, r1 in _split(n_out, n_threads(), align)]
         for f in futures:
             f.result()
         if self.out_perm is not None:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import qdot
-from .packed import PackedWeight, _get_pool, _split, n_threads
+from .packed import PackedWeight
 
 QK = 32     # weights per block, legacy types
 QK_K = 256  # weights per super-block, K-quants
@@ -235,25 +235,15 @@ class GGUFWeight(PackedWeight):
         w = out.view(np.float32).reshape(r1 - r0, self.n_in)
         return dequantize(self.data[r0:r1], self.kind, out=w)
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (T, in) -> x @ W.T (T, out). A few tokens (decode): in the dot-product domain
-        (``qdot``), W never widened; more (prefill): W dequantized exactly, a few rows at a time,
-        and multiplied by BLAS."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        x2 = x.reshape(-1, x.shape[-1])
+    def _plan(self, x2, y):
+        """A few tokens (decode): in the dot-product domain (``qdot``), W never widened, x arranged
+        once for all the threads; more (prefill), or a type without a qdot kernel: W dequantized
+        exactly, a few rows at a time, and multiplied by BLAS (``PackedWeight``)."""
         kern = qdot.KERNELS.get(self.kind)
-        if kern is None or x2.shape[0] > qdot.MAX_TOKENS or self.n_in % 256 or x2.shape[1] != self.n_in:
-            return super().matmul(x)
+        if kern is None or x2.shape[0] > qdot.MAX_TOKENS or self.n_in % 256:
+            return super()._plan(x2, y)
         X, xs = qdot.prepare(kern, x2)
-        n_out = self.data.shape[0]
-        y = np.empty((x2.shape[0], n_out), dtype=np.float32)
-        ranges = _split(n_out, n_threads(), qdot.TILE_ROWS)
-        futures = [_get_pool().submit(qdot.run, kern, self.data, X, xs, y, r0, r1) for r0, r1 in ranges]
-        for f in futures:
-            f.result()
-        if self.out_perm is not None:
-            y = y[:, self.out_perm]
-        return y.reshape(n_out) if x.ndim == 1 else y
+        return (lambda r0, r1: qdot.run(kern, self.data, X, xs, y, r0, r1)), qdot.TILE_ROWS
 
     def __repr__(self):
         return (f"GGUFWeight(shape={self.shape}, kind={self.kind}, {bits_per_weight(self.kind):g} bits/weight, "
