@@ -53,6 +53,7 @@ from .backend import _cupy, to_numpy
 from .kv_cache import new_cache
 from .model import FUSED, flatten, forward, nest
 from .rope import rope_angles, rope_frequencies
+from .weights.quants import TYPES as QUANT_TYPES
 
 #: how a prefill multiplies 16-bit weights: "fp16" (tensor cores, float32 accumulation) or
 #: "float32" (exact: weights widened to float32). Rounding the activations to fp16 (11 significant
@@ -66,8 +67,9 @@ ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
 #: GGUF block types with kernels here, kept packed on the GPU (GGUF name -> kernel suffix). Any
 #: other GGUF type (Q4_0, Q5_K, ...) is widened to the upload's 16-bit dtype instead.
 GGUF_KINDS = {"Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
-#: kernel suffix -> (weights per block, bytes per block); int8 is one byte a weight plus a scale a row
-PACKED_BLOCKS = {"q8_0": (32, 34), "q4_k": (256, 144), "q6_k": (256, 210), "int8": (16, 16)}
+#: kernel suffix -> (weights per block, bytes per block): the GGUF types' from weights/quants.py;
+#: int8 is one byte a weight (rows in 16-byte loads) plus a scale a row
+PACKED_BLOCKS = {**{k: QUANT_TYPES[g][:2] for g, k in GGUF_KINDS.items()}, "int8": (16, 16)}
 #: weights of a packed matrix dequantized at a time in a prefill: 32 MB of fp16, 64 MB of float32
 #: scratch, reused (Llama 3 8B's output head, 525 M weights, is 32 tiles)
 PREFILL_TILE = 1 << 24
