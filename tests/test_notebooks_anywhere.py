@@ -119,10 +119,11 @@ def installed(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["01_tokenizer", "02_rmsnorm", "05_gqa", "10_moe_router"])
+@pytest.mark.parametrize("name", ["01_tokenizer", "02_rmsnorm", "05_gqa", "10_moe_router", "13_quantization"])
 def test_copied_notebook_runs_from_a_non_editable_install(installed, tmp_path, name):
     """01 (botchan text, make_01's helpers), 02 (its fixture and the SmolLM2 reference logits),
-    05 (its fixture), 10 (the tiny MoE models and their configs), copied into an empty folder and
+    05 (its fixture), 10 (the tiny MoE models and their configs), 13 (its fixture of torch's,
+    llama.cpp's and transformers' numbers, the library's quantizers), copied into an empty folder and
     run there: no errors, and the stored outputs come back."""
     work = tmp_path / "empty"
     work.mkdir()
