@@ -16,17 +16,23 @@ Two regimes, two tools:
      bf16 -> float32 is ``bits << 16``, done inside the kernels);
   2. matrix-vector kernels that read the weights with wide (16-byte) loads, one warp per row
      (``gemv_*`` in llama_np/kernels/gemv.cu), instead of a generic GEMM tuned for big matrices;
-  3. few launches: a decode step of Llama 3 8B is 258 kernels (8 a layer, RMSNorm fused into
-     the products after it); at ~5-10 us of CPU time per CuPy launch that alone would cap decode
-     near 400 tok/s and, worse, leave the GPU idle between kernels. ``Decoder`` records the whole
-     step once as a CUDA graph and replays it with one launch. CuPy cannot capture cuBLAS in a
-     graph, which is why decode uses only the hand-written kernels here (docs/design.md §6).
+  3. few launches: a decode step of Llama 3 8B is 162 kernels (5 a layer: RMSNorm fused into
+     the products after it, SwiGLU into the w13 product, RoPE, the cache write and the merge of
+     the attention's parts into one attention kernel); at ~5-10 us of CPU time per CuPy launch
+     258 kernels (the 2026-11-27 step, 8 a layer) would cap decode near 400 tok/s and, worse,
+     leave the GPU idle between kernels. ``Decoder`` records the whole step once as a CUDA graph
+     and replays it with one launch. CuPy cannot capture cuBLAS in a graph, which is why decode
+     uses only the hand-written kernels here (docs/design.md §6). Even in a graph each kernel
+     costs a few microseconds of ramp-up and drain: small models (SmolLM2: ~2.4 us of weights a
+     layer at H100 bandwidth) are bounded by how many kernels run one after another, which is
+     why the 5-a-layer step fuses what it can.
 
 Measured on an H100 80GB HBM3 (2026-11-27, benchmarks/gpu.py, Llama 3 8B shape, bf16): decode
 163.4 tok/s = 82 % of the 199 tok/s HBM limit (transformers eager: 32.4). The graph took the
 host-driven loop from 146 to 156 tok/s; fusing RMSNorm into the products, 139 -> 161 tok/s in an
 earlier run; the on-device greedy argmax, 156 -> 163. The same step as separate CuPy array
-operations (model.forward) ran 13.2 tok/s.
+operations (model.forward) ran 13.2 tok/s. (Those figures are of the 8-kernel step; the 5-kernel
+step has not yet run on a GPU: benchmarks/gpu_session.sh measures it.)
 
 **Quantized weights** stay packed on the GPU: GGUF's Q8_0, Q4_K and Q6_K blocks exactly as the
 file stores them, and llama_np's int8 (codes and a scale per row), are uploaded as they are
@@ -63,7 +69,7 @@ from .weights.quants import TYPES as QUANT_TYPES
 PREFILL = os.environ.get("LLAMA_NP_GPU_PREFILL", "fp16")
 PREFILL_MODES = ("fp16", "float32")
 BLOCK = 256   # threads per block in every kernel below (the reductions assume a power of two)
-ATTN_CHUNK = 64   # keys per block in decode attention (attn_partial)
+ATTN_CHUNK = 64   # keys per block in decode attention (attn_decode)
 #: GGUF block types with kernels here, kept packed on the GPU (GGUF name -> kernel suffix). Any
 #: other GGUF type (Q4_0, Q5_K, ...) is widened to the upload's 16-bit dtype instead.
 GGUF_KINDS = {"Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}
@@ -163,7 +169,34 @@ def device_bandwidth(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
 
 
 # -------------------------------------------------------------------------- device weights
-class DeviceWeight:
+class _RowKernels:
+    """The three decode products of a weight on the GPU, one warp a row (GEMV_KERNELS in
+    llama_np/kernels/dtypes.cuh): ``gemv_<kind>``, ``gemv_norm_<kind>``, ``gemv_norm_swiglu_<kind>``.
+    A subclass has ``kind``, ``shape`` and ``_packed()``, the kernels' first arguments."""
+
+    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
+        """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays.
+        ``norm=(g, eps)``: y = W @ rms_norm(x, g, eps) in the same kernel (no accumulate)."""
+        rows, n = self.shape
+        grid, i32 = _grid(rows * 32), np.int32
+        if norm is None:
+            kernel("gemv_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, y, i32(rows), i32(n), i32(accumulate)))
+        else:
+            g, eps = norm
+            kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, g, y, i32(rows), i32(n),
+                                                              np.float32(eps)))
+
+    def gemv_swiglu(self, x, a, norm, scratch=None) -> None:
+        """a = silu(gate) * up, where [gate; up] = W @ rms_norm(x, g, eps), ``norm=(g, eps)``: W is
+        w1 over w3 (model.FUSED's w13), a (out/2,). One kernel: each warp computes a row of gate and
+        the same row of up and writes their product (``scratch`` is not needed here)."""
+        rows, n = self.shape
+        F, (g, eps) = rows // 2, norm
+        kernel("gemv_norm_swiglu_" + self.kind)(_grid(F * 32), (BLOCK,), (
+            *self._packed(), x, g, a, np.int32(F), np.int32(n), np.float32(eps)))
+
+
+class DeviceWeight(_RowKernels):
     """A (out, in) matrix on the GPU, stored as ``kind`` = "bf16" (raw uint16 bits), "f16" or
     "f32". ``matmul(x)`` = x @ W.T in float32: a ``gemv_*`` kernel for one token, cuBLAS for many
     (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
@@ -201,16 +234,8 @@ class DeviceWeight:
         kernel("bf16_to_f16")(_grid(self.data.size), (BLOCK,), (self.data, out, np.int64(self.data.size)))
         return out.view(cp.float16)
 
-    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
-        """y (+)= W @ x for one vector: x (in,), y (out,) float32, both contiguous cupy arrays.
-        ``norm=(g, eps)``: y = W @ rms_norm(x, g, eps) in the same kernel (no accumulate)."""
-        rows, n = self.data.shape
-        grid, i32 = _grid(rows * 32), np.int32
-        if norm is None:
-            kernel("gemv_" + self.kind)(grid, (BLOCK,), (self.data, x, y, i32(rows), i32(n), i32(accumulate)))
-        else:
-            g, eps = norm
-            kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (self.data, x, g, y, i32(rows), i32(n), np.float32(eps)))
+    def _packed(self) -> tuple:
+        return (self.data,)
 
     def matmul(self, x):
         cp = _cp()
@@ -250,11 +275,11 @@ def _scratch_buffer(n: int, dtype):
     return buf[:n]
 
 
-class PackedDeviceWeight:
+class PackedDeviceWeight(_RowKernels):
     """A (out, in) matrix on the GPU kept as it was stored: ``kind`` "q8_0", "q4_k" or "q6_k"
     (GGUF blocks, ``data`` (out, bytes a row) uint8, the file's own bytes) or "int8" (``data``
     (out, in) int8 codes and ``scales`` (out,) float32). Same interface as ``DeviceWeight``:
-    ``gemv`` runs ``gemv_<kind>`` (dequantized in registers), ``matmul`` of many tokens
+    ``gemv`` and ``gemv_swiglu`` run ``gemv_<kind>`` and its variants (dequantized in registers), ``matmul`` of many tokens
     dequantizes tiles of rows into a scratch buffer for cuBLAS, ``rows`` and ``embed_launch``
     dequantize single rows (``dequant_<kind>_f32``)."""
     is_packed = True
@@ -278,17 +303,6 @@ class PackedDeviceWeight:
     def _packed(self) -> tuple:
         """The kernels' first arguments: the blocks (and int8's scales)."""
         return (self.data,) if self.scales is None else (self.data, self.scales)
-
-    def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
-        """y (+)= W @ x, as ``DeviceWeight.gemv`` (``norm=(g, eps)`` fuses RMSNorm in)."""
-        rows, n = self.shape
-        grid, i32 = _grid(rows * 32), np.int32
-        if norm is None:
-            kernel("gemv_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, y, i32(rows), i32(n), i32(accumulate)))
-        else:
-            g, eps = norm
-            kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, g, y, i32(rows), i32(n),
-                                                              np.float32(eps)))
 
     def dequant_launch(self, ids, out, n_rows: int):
         """(kernel, grid, args): rows ids[0:n_rows] of W into ``out`` (n_rows * in values), float32
@@ -368,6 +382,13 @@ class DeviceStack:
     def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
         for w, (a, b) in zip(self.parts, self.bounds):
             w.gemv(x, y[a:b], accumulate=accumulate, norm=norm)
+
+    def gemv_swiglu(self, x, a, norm, scratch) -> None:
+        """As ``DeviceWeight.gemv_swiglu``, in two steps: each part's rows into ``scratch`` (out,),
+        then the ``swiglu`` kernel (the fused kernel needs gate and up rows of one kind)."""
+        F = self.shape[0] // 2
+        self.gemv(x, scratch, norm=norm)
+        kernel("swiglu")(_grid(F), (BLOCK,), (scratch, a, np.int32(F)))
 
     def matmul(self, x):
         cp = _cp()
@@ -518,7 +539,9 @@ class Decoder:
         logits = dec.step(next_id)               # the same buffer, overwritten each step
         ids = dec.greedy(prompt_ids, 128)        # greedy, the argmax on the GPU, pipelined
 
-    A step is 8 kernels a layer (RMSNorm fused into the products that follow it).
+    A step is 5 kernels a layer: RMSNorm + wqkv, attention (RoPE, the cache write, split-key
+    attention and the merge of its parts, ``attn_decode``), wo + residual, RMSNorm + w13 + SwiGLU,
+    w2 + residual; then the final RMSNorm + output head.
     ``graph=False`` launches them one by one instead (to see what the graph saves). Works for
     plain Llama configs (RoPE on every layer, no qk-norm, no chunked attention).
     """
@@ -545,7 +568,7 @@ class Decoder:
         self.copy_stream = cp.cuda.Stream(non_blocking=True)   # greedy(): reads tokens meanwhile
         H, KV, hd, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.dim
         with self.stream:
-            self.cache = new_cache(cfg, max_len, cp)       # rope_store writes it, attn_partial reads it
+            self.cache = new_cache(cfg, max_len, cp)       # attn_decode writes the new row, reads them all
             cos, sin = rope_angles(rope_frequencies(hd, cfg.rope_theta, cfg.rope_scaling), np.arange(max_len), cp)
             self.cos, self.sin = cp.ascontiguousarray(cos), cp.ascontiguousarray(sin)
             self.state = cp.zeros(2, dtype=cp.int32)                # [token, its position]
@@ -557,7 +580,8 @@ class Decoder:
             self.pm = cp.zeros(H * self.n_parts, dtype=cp.float32)
             self.pl = cp.zeros(H * self.n_parts, dtype=cp.float32)
             self.pacc = cp.zeros(H * self.n_parts * hd, dtype=cp.float32)
-            self.h13 = cp.zeros(2 * cfg.hidden_dim, dtype=cp.float32)
+            self.done = cp.zeros(H, dtype=cp.int32)               # parts finished, per head (reset by the last)
+            self.h13 = cp.zeros(2 * cfg.hidden_dim, dtype=cp.float32)   # only for a w13 of mixed kinds
             self.a = cp.zeros(cfg.hidden_dim, dtype=cp.float32)
             self.logits = cp.zeros(cfg.vocab_size, dtype=cp.float32)
         self.pos = 0
@@ -567,10 +591,11 @@ class Decoder:
         self._launches = {}
 
     @staticmethod
-    def _shared_bytes(chunk: int = None) -> int:
-        """attn_partial's shared memory: a chunk of scores (padded to 4), then 4 floats a thread."""
+    def _shared_bytes(hd: int, chunk: int = None) -> int:
+        """attn_decode's shared memory: the rotated query (hd), a chunk of scores (padded to 4),
+        then 4 floats a thread."""
         chunk = ATTN_CHUNK if chunk is None else chunk
-        return (-(-chunk // 4) * 4 + 4 * BLOCK) * 4
+        return (hd + -(-chunk // 4) * 4 + 4 * BLOCK) * 4
 
     def launches(self, greedy: bool = False) -> list:
         """The decode step as (name, launch) pairs in order: the graph records exactly these, and
@@ -580,7 +605,6 @@ class Decoder:
         i32, f32 = np.int32, np.float32
         eps = cfg.norm_eps
         scale = f32(1.0 / math.sqrt(hd))
-        n_rot = (H + KV) * (hd // 2) + KV * hd
 
         def k(name, grid, args, shared_mem=0, block=BLOCK):   # one kernel launch, bound now, run later
             f = kernel(name)
@@ -590,17 +614,13 @@ class Decoder:
         for i, layer in enumerate(P["layers"]):
             out += [
                 ("gemv wqkv", lambda L=layer: L["wqkv"].gemv(self.x, self.qkv, norm=(L["attention_norm"], eps))),
-                ("rope_store", k("rope_store", _grid(n_rot), (
-                    self.qkv, self.cos, self.sin, self.state, self.cache.k, self.cache.v,
-                    i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i)))),
-                ("attn_partial", k("attn_partial", (H, self.n_parts), (
-                    self.qkv, self.cache.k, self.cache.v, self.pm, self.pl, self.pacc, self.state, i32(H),
-                    i32(KV), i32(hd), i32(self.max_len), i32(i), scale, i32(ATTN_CHUNK)), self._shared_bytes())),
-                ("attn_combine", k("attn_combine", (H,), (self.pm, self.pl, self.pacc, self.att, i32(hd),
-                                                          i32(self.n_parts)))),
+                ("attention", k("attn_decode", (H, self.n_parts), (
+                    self.qkv, self.cos, self.sin, self.state, self.cache.k, self.cache.v, self.pm, self.pl,
+                    self.pacc, self.done, self.att, i32(H), i32(KV), i32(hd), i32(self.max_len), i32(i), scale,
+                    i32(ATTN_CHUNK)), self._shared_bytes(hd))),
                 ("gemv wo", lambda L=layer: L["wo"].gemv(self.att, self.x, accumulate=True)),   # x += wo @ att
-                ("gemv w13", lambda L=layer: L["w13"].gemv(self.x, self.h13, norm=(L["ffn_norm"], eps))),
-                ("swiglu", k("swiglu", _grid(cfg.hidden_dim), (self.h13, self.a, i32(cfg.hidden_dim)))),
+                ("gemv w13 swiglu", lambda L=layer: L["w13"].gemv_swiglu(self.x, self.a, (L["ffn_norm"], eps),
+                                                                        self.h13)),
                 ("gemv w2", lambda L=layer: L["w2"].gemv(self.a, self.x, accumulate=True)),      # x += w2 @ a
             ]
         out.append(("gemv output", lambda: P["output"].gemv(self.x, self.logits, norm=(P["norm"], eps))))

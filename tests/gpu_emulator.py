@@ -72,6 +72,8 @@ def _embed(kind):
     return run
 
 
+# attn_decode's three steps (three kernels of their own before 2026-12-03): RoPE and the cache
+# write, the attention of each part of the keys, the merge of the parts.
 def rope_store(qkv, cos_t, sin_t, state, k_cache, v_cache, H, KV, hd, max_len, layer):
     H, KV, hd, layer, pos = int(H), int(KV), int(hd), int(layer), int(state[1])
     assert k_cache.shape[2] == int(max_len)
@@ -85,7 +87,7 @@ def rope_store(qkv, cos_t, sin_t, state, k_cache, v_cache, H, KV, hd, max_len, l
 
 
 def attention_ref(q, k_cache, v_cache, pos, H, KV, hd, layer, scale):
-    """The decode attention the two kernels below compute together: (H * hd,) float32."""
+    """The decode attention that attn_partial + attn_combine compute together: (H * hd,) float32."""
     S = pos + 1
     qh = q[: H * hd].reshape(KV, H // KV, hd)
     K, V = k_cache[layer, :, :S], v_cache[layer, :, :S]            # (KV, S, hd)
@@ -127,6 +129,32 @@ def swiglu(h13, a, F):
     F = int(F)
     g = h13[:F]
     a[:F] = g / (1.0 + np.exp(-g)) * h13[F:2 * F]
+
+
+def attn_decode(qkv, cos_t, sin_t, state, k_cache, v_cache, pm, pl, pacc, done, out, H, KV, hd, max_len, layer,
+                scale, chunk):
+    """attention.cu's one-launch decode attention: rope_store's RoPE and cache write (on a copy:
+    the kernel reads qkv, never writes it), attn_partial's parts, attn_combine's merge (done by the
+    last block of each head in CUDA, which resets its counter ``done[h]`` to 0)."""
+    assert done.shape == (int(H),) and done.dtype == np.int32
+    assert not done.any(), "attn_decode's counters must be 0 when a step starts (the last block resets them)"
+    q = np.array(qkv, copy=True)
+    rope_store(q, cos_t, sin_t, state, k_cache, v_cache, H, KV, hd, max_len, layer)
+    attn_partial(q, k_cache, v_cache, pm, pl, pacc, state, H, KV, hd, max_len, layer, scale, chunk)
+    attn_combine(pm, pl, pacc, out, hd, pm.size // int(H))
+
+
+def _gemv_norm_swiglu(gemv_norm):
+    """GEMV_KERNELS' gemv_norm_swiglu_<kind>(*data, x, g, a, F, n, eps): rows j and F + j of the
+    normed product (emulated by the kind's gemv_norm), then a[j] = silu(gate) * up."""
+    def run(*args):
+        *data, x, g, a, F, n, eps = args
+        F = int(F)
+        assert a.shape == (F,), (a.shape, F)
+        h = np.zeros(2 * F, dtype=np.float32)
+        gemv_norm(*data, x, g, h, np.int32(2 * F), n, eps)
+        swiglu(h, a, F)
+    return run
 
 
 # ------------------------------------------------- packed weights (gemv_q8_0/q4_k/q6_k/int8.cu)
@@ -338,7 +366,7 @@ KERNELS = {
     "argmax_next": argmax_next,
     "widen_bf16": _widen_kernel("bf16"), "widen_f16": _widen_kernel("f16"), "bf16_to_f16": bf16_to_f16,
     "rms_norm": rms_norm, "embed_bf16": _embed("bf16"), "embed_f16": _embed("f16"), "embed_f32": _embed("f32"),
-    "rope_store": rope_store, "attn_partial": attn_partial, "attn_combine": attn_combine, "swiglu": swiglu,
+    "attn_decode": attn_decode, "swiglu": swiglu,
     "gemv_int8": gemv_int8, "gemv_norm_int8": gemv_norm_int8,
     "dequant_int8_f32": _dequant_int8(False), "dequant_int8_f16": _dequant_int8(True),
 }
@@ -347,6 +375,25 @@ for _kind, _dot in PACKED_DOTS.items():
     KERNELS[f"gemv_norm_{_kind}"] = _gemv_norm_packed(_dot)
     KERNELS[f"dequant_{_kind}_f32"] = _dequant(DEQUANTS[_kind], False)
     KERNELS[f"dequant_{_kind}_f16"] = _dequant(DEQUANTS[_kind], True)
+for _kind in ("bf16", "f16", "f32", "int8", *PACKED_DOTS):
+    KERNELS[f"gemv_norm_swiglu_{_kind}"] = _gemv_norm_swiglu(KERNELS[f"gemv_norm_{_kind}"])
+
+
+def check_launch(name: str, grid, block, args, shared_mem: int) -> None:
+    """What the emulated kernels cannot see but a CUDA launch depends on: the grid and shared memory.
+    A matrix-vector kernel needs one warp per row, exactly enough blocks (rows, or F for
+    gemv_norm_swiglu, is the third argument from the end); attn_decode one block per (head, part)
+    and its shared memory (the rotated query, a chunk of scores, 4 floats a thread)."""
+    threads = int(np.prod(grid)) * int(block[0])
+    if name.startswith("gemv_"):
+        rows = int(args[-3])
+        assert len(grid) == 1 and threads >= 32 * rows > threads - int(block[0]), (name, grid, block, rows)
+    elif name == "attn_decode":
+        pm, H, hd, chunk = args[6], int(args[11]), int(args[13]), int(args[17])
+        max_len = int(args[14])
+        assert tuple(grid) == (H, pm.size // H) and (pm.size // H) * chunk >= max_len, (grid, H, pm.size, chunk)
+        assert int(block[0]) % (hd // 4) == 0 and hd // 4 <= 32, (block, hd)
+        assert shared_mem >= 4 * (hd + -(-chunk // 4) * 4 + 4 * int(block[0])), shared_mem
 
 
 class Recorder:
@@ -364,6 +411,7 @@ def fake_kernel(rec: Recorder):
         def launch(grid, block, args, shared_mem=0, stream=None):
             assert all(isinstance(a, (np.ndarray, np.generic)) for a in args), \
                 f"{name}: scalars must be NumPy int32/float32 (CuPy passes Python ints as 64-bit)"
+            check_launch(name, grid, block, args, shared_mem)
             if rec.capturing is not None:
                 rec.capturing.append((fn, args))
             else:

@@ -105,33 +105,65 @@ def test_rms_norm_kernel(T, dim):
 
 
 @pytest.mark.parametrize("H,KV,hd,pos", [(8, 2, 64, 0), (32, 8, 128, 300), (9, 3, 64, 17), (4, 2, 8, 5), (6, 6, 16, 319)])
-def test_rope_store_and_attention_kernels(H, KV, hd, pos):
-    L, max_len, layer = 2, 320, 1
-    qkv = rng.standard_normal((H + 2 * KV) * hd, dtype=np.float32)
+def test_attention_kernel(H, KV, hd, pos):
+    """attn_decode (RoPE, the new key and value into the cache, split-key attention, the last
+    block's merge) vs its emulation, for three steps in a row: the counters the last block resets
+    must be 0 again after each launch, or the next step's merge would never run."""
+    L, max_len, layer, i32 = 2, 320, 1, np.int32
     from llama_np.rope import rope_angles, rope_frequencies
     cos, sin = rope_angles(rope_frequencies(hd, 500000.0), np.arange(max_len))
     kc = rng.standard_normal((L, KV, max_len, hd), dtype=np.float32)
     vc = rng.standard_normal((L, KV, max_len, hd), dtype=np.float32)
-    state = np.array([0, pos], dtype=np.int32)
-    i32 = np.int32
-    n = (H + KV) * (hd // 2) + KV * hd
-    args = (qkv.copy(), cos, sin, state, kc.copy(), vc.copy(), i32(H), i32(KV), i32(hd), i32(max_len), i32(layer))
-    got = run("rope_store", gpu._grid(n), (gpu.BLOCK,), args, [0, 4, 5])
-    ref = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    emu.rope_store(*ref)
-    for g, r in zip(got, (ref[0], ref[4], ref[5])):
-        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
-    q, kc2, vc2 = got
     n_parts = -(-max_len // gpu.ATTN_CHUNK)
-    dev = [cp.asarray(a) for a in (q, kc2, vc2, np.zeros(H * n_parts, np.float32), np.zeros(H * n_parts, np.float32),
-                                   np.zeros(H * n_parts * hd, np.float32), state, np.zeros(H * hd, np.float32))]
-    gpu.kernel("attn_partial")((H, n_parts), (gpu.BLOCK,), (*dev[:7], i32(H), i32(KV), i32(hd), i32(max_len),
-                               i32(layer), np.float32(hd ** -0.5), i32(gpu.ATTN_CHUNK)),
-                               shared_mem=gpu.Decoder._shared_bytes())
-    gpu.kernel("attn_combine")((H,), (gpu.BLOCK,), (dev[3], dev[4], dev[5], dev[7], i32(hd), i32(n_parts)))
-    cp.cuda.Device().synchronize()
-    ref_out = emu.attention_ref(q, kc2, vc2, pos, H, KV, hd, layer, hd ** -0.5)
-    np.testing.assert_allclose(cp.asnumpy(dev[7]), ref_out, atol=1e-5, rtol=1e-4)
+    parts = [np.zeros(H * n_parts, np.float32), np.zeros(H * n_parts, np.float32),
+             np.zeros(H * n_parts * hd, np.float32), np.zeros(H, np.int32), np.zeros(H * hd, np.float32)]
+    dev = {k: cp.asarray(v) for k, v in (("kc", kc), ("vc", vc))}
+    dparts = [cp.asarray(a) for a in parts]
+    ref_kc, ref_vc = kc.copy(), vc.copy()
+    for p in (pos, min(pos + 1, max_len - 1), min(pos + 64, max_len - 1)):
+        qkv = rng.standard_normal((H + 2 * KV) * hd, dtype=np.float32)
+        state = np.array([0, p], dtype=np.int32)
+        dq, dstate = cp.asarray(qkv), cp.asarray(state)
+        gpu.kernel("attn_decode")((H, n_parts), (gpu.BLOCK,), (
+            dq, cp.asarray(cos), cp.asarray(sin), dstate, dev["kc"], dev["vc"], *dparts, i32(H), i32(KV), i32(hd),
+            i32(max_len), i32(layer), np.float32(hd ** -0.5), i32(gpu.ATTN_CHUNK)),
+            shared_mem=gpu.Decoder._shared_bytes(hd))
+        cp.cuda.Device().synchronize()
+        ref_parts = [a.copy() for a in parts]
+        emu.attn_decode(qkv, cos, sin, state, ref_kc, ref_vc, *ref_parts, H, KV, hd, max_len, layer, hd ** -0.5,
+                        gpu.ATTN_CHUNK)
+        np.testing.assert_array_equal(cp.asnumpy(dq), qkv)                     # read, never written
+        assert not cp.asnumpy(dparts[3]).any(), "attn_decode left its counters non-zero"
+        np.testing.assert_allclose(cp.asnumpy(dev["kc"]), ref_kc, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(cp.asnumpy(dev["vc"]), ref_vc)
+        np.testing.assert_allclose(cp.asnumpy(dparts[4]), ref_parts[4], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32", "int8", "q8_0", "q4_k", "q6_k"])
+@pytest.mark.parametrize("F,n", [(1, 256), (37, 576), (1536, 576), (700, 4096)])
+def test_gemv_norm_swiglu_kernels(kind, F, n):
+    """silu(gate) * up from one kernel over [w1; w3] (the Decoder's w13) vs the emulation, which
+    is the kind's own gemv_norm followed by swiglu."""
+    from llama_np.weights.packed import quantize_int8
+    if n % 256 and kind in ("q4_k", "q6_k"):
+        pytest.skip("K-quant rows hold whole super-blocks of 256")
+    if kind in emu.PACKED_DOTS:
+        w = emu.random_gguf(kind.upper(), 2 * F, n, seed=F)
+        data, dense = (w.data,), w.to_float32()
+    elif kind == "int8":
+        data = quantize_int8(rng.standard_normal((2 * F, n), dtype=np.float32))
+        dense = data[0] * data[1][:, None]
+    else:
+        dense = rng.standard_normal((2 * F, n), dtype=np.float32)
+        data = (gpu._to_bits(dense, kind)[0],)
+    x = rng.standard_normal(n, dtype=np.float32) * 5
+    g_scale = 3 / np.sqrt((dense.astype(np.float64) ** 2).sum(1)).max()    # gate, up ~ +-3: silu's bend
+    g = (g_scale * (1 + 0.1 * rng.standard_normal(n))).astype(np.float32)
+    tail = (x, g, np.zeros(F, np.float32), np.int32(F), np.int32(n), np.float32(1e-5))
+    (a,) = run(f"gemv_norm_swiglu_{kind}", gpu._grid(F * 32), (gpu.BLOCK,), (*data, *tail), [len(data) + 2])
+    ref = np.zeros(F, np.float32)
+    emu.KERNELS[f"gemv_norm_swiglu_{kind}"](*data, x, g, ref, np.int32(F), np.int32(n), np.float32(1e-5))
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
 
 
 def test_swiglu_embed_widen_kernels():

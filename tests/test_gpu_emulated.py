@@ -103,8 +103,10 @@ def test_graph_replays_the_same_launches(rec):
     dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=32)
     dec.prefill(ids[:5])
     dec.step(int(ids[5]))
-    per_step = 2 + 8 * cfg.n_layers        # embed, normed head + 8 per layer
+    per_step = 2 + 5 * cfg.n_layers        # embed, normed head + 5 per layer
     assert len(dec.graph.calls) == per_step
+    names = [name for name, _ in dec.launches()]
+    assert names[1:6] == ["gemv wqkv", "attention", "gemv wo", "gemv w13 swiglu", "gemv w2"], names
     before = rec.launches
     dec.step(int(ids[6]))
     assert rec.launches - before == per_step
@@ -243,21 +245,81 @@ def test_generate_with_the_decoder(rec, temperature):
 
 
 def test_split_attention_matches_the_plain_one():
-    """attn_partial + attn_combine (as emulated) = softmax attention, parts empty or partly filled."""
+    """attn_decode (as emulated: RoPE and the cache write, attention in parts of 64 keys, their
+    merge) = RoPE then softmax attention, with parts empty or partly filled; it writes the new key
+    and value into the cache at pos, leaves qkv alone and its counters at 0."""
     rng = np.random.default_rng(0)
-    H, KV, hd, max_len, layer = 8, 2, 16, 200, 1
-    kc = rng.standard_normal((2, KV, max_len, hd), dtype=np.float32)
-    vc = rng.standard_normal((2, KV, max_len, hd), dtype=np.float32)
-    q = rng.standard_normal(H * hd, dtype=np.float32) * 3
+    H, KV, hd, max_len, layer, chunk = 8, 2, 16, 200, 1, 64
+    cos, sin = (rng.standard_normal((max_len, hd // 2), dtype=np.float32) for _ in range(2))
     for pos in (0, 63, 64, 130, 199):
-        n_parts = -(-max_len // 64)
+        kc = rng.standard_normal((2, KV, max_len, hd), dtype=np.float32)
+        vc = rng.standard_normal((2, KV, max_len, hd), dtype=np.float32)
+        qkv = rng.standard_normal((H + 2 * KV) * hd, dtype=np.float32) * 3
+        n_parts = -(-max_len // chunk)
         pm, pl = np.zeros(H * n_parts, np.float32), np.zeros(H * n_parts, np.float32)
         pacc, out = np.zeros(H * n_parts * hd, np.float32), np.zeros(H * hd, np.float32)
-        state = np.array([0, pos], np.int32)
-        gpu_emulator.attn_partial(q, kc, vc, pm, pl, pacc, state, H, KV, hd, max_len, layer, 0.25, 64)
-        gpu_emulator.attn_combine(pm, pl, pacc, out, hd, n_parts)
-        ref = gpu_emulator.attention_ref(q, kc, vc, pos, H, KV, hd, layer, 0.25)
+        done, state = np.zeros(H, np.int32), np.array([0, pos], np.int32)
+        before = qkv.copy()
+        gpu_emulator.attn_decode(qkv, cos, sin, state, kc, vc, pm, pl, pacc, done, out, H, KV, hd, max_len,
+                                 layer, 0.25, chunk)
+        np.testing.assert_array_equal(qkv, before)
+        assert not done.any()
+        # the reference: RoPE on q and k as complex pairs, then plain softmax attention
+        rot = (before[:(H + KV) * hd].reshape(-1, hd // 2, 2) @ [1, 1j]) * (cos[pos] + 1j * sin[pos])
+        rot = np.stack([rot.real, rot.imag], -1).reshape(H + KV, hd).astype(np.float32)
+        np.testing.assert_allclose(kc[layer, :, pos], rot[H:], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(vc[layer, :, pos], before[(H + KV) * hd:].reshape(KV, hd))
+        ref = gpu_emulator.attention_ref(rot[:H].reshape(-1), kc, vc, pos, H, KV, hd, layer, 0.25)
         np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32", "int8", "q8_0", "q4_k", "q6_k"])
+def test_swiglu_product_is_silu_of_gate_times_up(kind):
+    """gemv_norm_swiglu_<kind> (emulated) = silu(gate) * up of the normed product with [w1; w3],
+    for every weight format, and a launch with too few warps is refused (check_launch)."""
+    rng = np.random.default_rng(1)
+    F, n = 48, 256
+    x, g = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+    if kind in ("q8_0", "q4_k", "q6_k"):
+        w = gpu_emulator.random_gguf(kind.upper(), 2 * F, n, seed=2)
+        data, dense = (w.data,), w.to_float32()
+    elif kind == "int8":
+        q = rng.integers(-127, 128, (2 * F, n), dtype=np.int8)
+        s = rng.random(2 * F, dtype=np.float32) * 0.01
+        data, dense = (q, s), q.astype(np.float32) * s[:, None]
+    else:
+        w32 = rng.standard_normal((2 * F, n), dtype=np.float32) * 0.05
+        bits, _ = gpu._to_bits(w32, kind)
+        data, dense = (bits,), gpu_emulator._widen(kind, bits)
+    g *= np.float32(3 / np.sqrt((dense.astype(np.float64) ** 2).sum(1)).max())   # gate, up ~ +-3: silu's bend
+    a = np.full(F, np.nan, np.float32)
+    gpu_emulator.KERNELS[f"gemv_norm_swiglu_{kind}"](*data, x, g, a, np.int32(F), np.int32(n), np.float32(1e-5))
+    h = dense.astype(np.float64) @ (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g)
+    ref = h[:F] / (1 + np.exp(-h[:F])) * h[F:]
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    launch = gpu_emulator.fake_kernel(gpu_emulator.Recorder())(f"gemv_norm_swiglu_{kind}")
+    args = (*data, x, g, a, np.int32(F), np.int32(n), np.float32(1e-5))
+    launch(gpu._grid(F * 32), (gpu.BLOCK,), args)
+    with pytest.raises(AssertionError):
+        launch(gpu._grid(F), (gpu.BLOCK,), args)       # a thread a row, not a warp
+
+
+def test_a_stack_of_mixed_kinds_takes_the_two_step_swiglu(rec):
+    """w13 as a DeviceStack (w1 and w3 of different kinds) cannot use the fused kernel: its parts'
+    products go into the scratch buffer, then the swiglu kernel, with the same result."""
+    rng = np.random.default_rng(3)
+    F, n = 32, 256
+    w1, w3 = gpu_emulator.random_gguf("Q4_K", F, n, seed=4), gpu_emulator.random_gguf("Q6_K", F, n, seed=5)
+    stack = gpu.DeviceStack([gpu.PackedDeviceWeight(w1.data, "q4_k", n), gpu.PackedDeviceWeight(w3.data, "q6_k", n)])
+    dense = np.concatenate([w1.to_float32(), w3.to_float32()])
+    x = rng.standard_normal(n, dtype=np.float32)
+    g = np.full(n, 3 / np.sqrt((dense.astype(np.float64) ** 2).sum(1)).max(), np.float32)   # gate, up ~ +-3
+    a, scratch = np.zeros(F, np.float32), np.zeros(2 * F, np.float32)
+    before = rec.launches
+    stack.gemv_swiglu(x, a, (g, np.float32(1e-5)), scratch)
+    assert rec.launches - before == 3
+    h = dense.astype(np.float64) @ (x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-5) * g)
+    np.testing.assert_allclose(a, h[:F] / (1 + np.exp(-h[:F])) * h[F:], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["llama2_mha", "llama3_gqa", "llama31_scaled", "tied", "llama3_bf16"])

@@ -6,19 +6,22 @@
 
 | file             | kernels                                                        |
 |------------------|----------------------------------------------------------------|
-| ``dtypes.cuh``   | bf16 / fp16 <-> float32 helpers, 2-byte-aligned loads, warp sum |
-| ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in)    |
-| ``gemv_q8_0.cu`` | GGUF Q8_0 kept packed: ``gemv_q8_0``, ``gemv_norm_q8_0``,       |
+| ``dtypes.cuh``   | bf16 / fp16 <-> float32 helpers, 2-byte-aligned loads, warp    |
+|                  | sum, and GEMV_KERNELS: the one-warp-a-row skeleton of every    |
+|                  | matrix-vector kernel, given a weight format's inner loop       |
+| ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in),   |
+|                  | ``gemv_norm_swiglu_*`` (and SwiGLU: [w1; w3] -> silu(g) * u)   |
+| ``gemv_q8_0.cu`` | GGUF Q8_0 kept packed: the same three, and                     |
 |                  | ``dequant_q8_0_{f32,f16}`` (embedding rows, prefill tiles)     |
-| ``gemv_q4_k.cu`` | the same four for GGUF Q4_K                                    |
-| ``gemv_q6_k.cu`` | the same four for GGUF Q6_K                                    |
-| ``gemv_int8.cu`` | the same four for llama_np's int8 (codes + a scale per row)    |
+| ``gemv_q4_k.cu`` | the same five for GGUF Q4_K                                    |
+| ``gemv_q6_k.cu`` | the same five for GGUF Q6_K                                    |
+| ``gemv_int8.cu`` | the same five for llama_np's int8 (codes + a scale per row)    |
 | ``widen.cu``     | ``widen_{bf16,f16}``, ``bf16_to_f16``: for the prefill         |
 | ``rmsnorm.cu``   | ``rms_norm``                                                   |
 | ``embed.cu``     | ``embed_{bf16,f16,f32}``: the token's embedding row            |
-| ``rope.cu``      | ``rope_store``: RoPE on q and k, then k and v into the cache   |
-| ``attention.cu`` | ``attn_partial``, ``attn_combine``: split-key decode attention |
-| ``swiglu.cu``    | ``swiglu``: silu(gate) * up                                    |
+| ``attention.cu`` | ``attn_decode``: RoPE, the cache write, split-key attention    |
+|                  | and the merge of its parts, one launch a layer                 |
+| ``swiglu.cu``    | ``swiglu``: silu(gate) * up (for a w13 of two weight formats)  |
 | ``argmax.cu``    | ``argmax_next``: greedy decoding on the device                 |
 
 Each file stands on its own for an editor, ``nvcc -c`` or compute-sanitizer (the files that widen
@@ -36,7 +39,7 @@ from importlib import resources
 HEADER = "dtypes.cuh"
 #: the order the files are joined in (every file's kernels after the helpers they use)
 FILES = ("gemv.cu", "gemv_q8_0.cu", "gemv_q4_k.cu", "gemv_q6_k.cu", "gemv_int8.cu", "widen.cu", "rmsnorm.cu",
-         "embed.cu", "rope.cu", "attention.cu", "swiglu.cu", "argmax.cu")
+         "embed.cu", "attention.cu", "swiglu.cu", "argmax.cu")
 _INCLUDE = re.compile(rf'^#include "{re.escape(HEADER)}"\n', re.MULTILINE)
 
 

@@ -1,5 +1,6 @@
 // dtypes.cuh: 16-bit weights widened to float32 inside the kernels (included by gemv, widen, embed),
-// and the loads that read GGUF's packed blocks (included by the gemv_q*.cu files).
+// the loads that read GGUF's packed blocks, and the one-warp-a-row skeleton that every matrix-vector
+// kernel shares (included by the gemv*.cu files).
 // CuPy has no bfloat16 dtype, so bf16 weights stay raw 16-bit words on the GPU: bf16 -> float32
 // is just `bits << 16`; fp16 -> float32 is one PTX conversion.
 #ifndef LLAMA_NP_DTYPES_CUH
@@ -38,6 +39,76 @@ __device__ __forceinline__ unsigned int byte_u8(unsigned int w, int k) { return 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+// ------------------------------------------------------------------ one warp a row
+// Every matrix-vector kernel (gemv.cu, gemv_q8_0.cu, gemv_q4_k.cu, gemv_q6_k.cu, gemv_int8.cu) is the
+// same skeleton around one weight format's inner loop: warp r computes output row r, each of its
+// 32 lanes sums a share of the row, and a warp sum finishes it. A format is a struct M with
+//     template <bool NORM> __device__ float lane_dot(int row, int lane, const float* x,
+//                                                    const float* g, float& ss) const;
+// which returns this lane's share of sum_j W[row, j] x'[j], where x' = x * g if NORM (adding its
+// x[j]^2 to ss on the way) and x' = x otherwise, and an int n, the length of a row.
+// NORM fuses RMSNorm in: y = W (x * g) / rms(x). Every warp reads all of x anyway, so it sums x^2
+// for free; that saves a one-block RMSNorm launch before each normed product of a decode step.
+template <class M, bool NORM>
+__device__ __forceinline__ float row_dot(const M& m, int row, int lane, const float* x, const float* g, float eps) {
+    float ss = 0.f;
+    float acc = warp_sum(m.template lane_dot<NORM>(row, lane, x, g, ss));
+    if (NORM) acc *= 1.0f / sqrtf(warp_sum(ss) / m.n + eps);
+    return acc;
+}
+
+// y[r] (+)= sum_j W[r, j] x[j]   (accumulate: the residual adds after wo and w2)
+template <class M>
+__device__ __forceinline__ void gemv_rows(const M& m, const float* x, float* y, int rows, int accumulate) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float acc = row_dot<M, false>(m, row, lane, x, nullptr, 0.f);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+// y = W rms_norm(x, g): the products after each RMSNorm (wqkv, w13 of a mixed stack, the output head)
+template <class M>
+__device__ __forceinline__ void gemv_norm_rows(const M& m, const float* x, const float* g, float* y, int rows,
+                                               float eps) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    float acc = row_dot<M, true>(m, row, lane, x, g, eps);
+    if (lane == 0) y[row] = acc;
+}
+
+// SwiGLU's first half in one kernel: W = [w1 (F rows) ; w3 (F rows)] (model.FUSED's w13), and
+// warp j computes rows j and F + j of W rms_norm(x, g), then writes a[j] = silu(gate) * up. This
+// saves the separate swiglu launch and the round trip of h13 through memory; the warp reads x
+// (from L1/L2) twice, the weights once.
+template <class M>
+__device__ __forceinline__ void gemv_norm_swiglu_rows(const M& m, const float* x, const float* g, float* a, int F,
+                                                      float eps) {
+    int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (j >= F) return;
+    float gate = row_dot<M, true>(m, j, lane, x, g, eps);
+    float up = row_dot<M, true>(m, F + j, lane, x, g, eps);
+    if (lane == 0) a[j] = gate / (1.0f + expf(-gate)) * up;
+}
+
+// The three kernels of a weight format NAME, whose data pointers are PARAMS and whose struct is
+// made by MAKE (both in parentheses; n, the row length, is in scope for MAKE):
+//   gemv_NAME(PARAMS, x, y, rows, n, accumulate), gemv_norm_NAME(PARAMS, x, g, y, rows, n, eps),
+//   gemv_norm_swiglu_NAME(PARAMS, x, g, a, F, n, eps)   (F = rows / 2: a's length)
+#define LLAMA_NP_UNPAREN(...) __VA_ARGS__
+#define GEMV_KERNELS(NAME, PARAMS, MAKE)                                                                  \
+extern "C" __global__ void gemv_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, float* y, int rows, int n,  \
+                                       int accumulate) {                                                  \
+    gemv_rows(LLAMA_NP_UNPAREN MAKE, x, y, rows, accumulate);                                             \
+}                                                                                                         \
+extern "C" __global__ void gemv_norm_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, const float* g, float* y, \
+                                            int rows, int n, float eps) {                                 \
+    gemv_norm_rows(LLAMA_NP_UNPAREN MAKE, x, g, y, rows, eps);                                            \
+}                                                                                                         \
+extern "C" __global__ void gemv_norm_swiglu_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, const float* g, \
+                                                   float* a, int F, int n, float eps) {                   \
+    gemv_norm_swiglu_rows(LLAMA_NP_UNPAREN MAKE, x, g, a, F, eps);                                        \
 }
 
 #endif

@@ -3,50 +3,42 @@
 // float32 scale s per row; weight = Q[r, j] * s[r].
 #include "dtypes.cuh"
 
-// y[r] (+)= s[r] * sum_j Q[r, j] x[j]. One warp per row, 16 codes per 16-byte load (n % 16 == 0:
-// rows are then 16-byte aligned), so a warp reads 512 contiguous bytes per step, as gemv.cu does
-// for 16-bit weights; the row's scale multiplies the finished sum, as the CPU path does.
-// NORM: y = W (x * g) / rms(x), as in gemv.cu.
-template <bool NORM>
-__device__ __forceinline__ void gemv_int8_row(const signed char* __restrict__ Q, const float* __restrict__ s,
-                                              const float* __restrict__ x, const float* __restrict__ g,
-                                              float* __restrict__ y, int rows, int n, int accumulate, float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const uint4* q4 = reinterpret_cast<const uint4*>(Q + (size_t)row * n);
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    const float4* g4 = reinterpret_cast<const float4*>(g);
-    float acc = 0.f, ss = 0.f;
-    #pragma unroll 2
-    for (int i = lane; i < n / 16; i += 32) {
-        uint4 p = __ldg(q4 + i);
-        unsigned int words[4] = {p.x, p.y, p.z, p.w};
-        #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float4 a = x4[4 * i + k];
-            if (NORM) {
-                ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-                float4 ga = g4[4 * i + k];
-                a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
+// y[r] (+)= s[r] * sum_j Q[r, j] x[j]. One warp per row (GEMV_KERNELS in dtypes.cuh), 16 codes per
+// 16-byte load (n % 16 == 0: rows are then 16-byte aligned), so a warp reads 512 contiguous bytes per
+// step, as gemv.cu does for 16-bit weights; the row's scale multiplies each lane's share of the sum
+// (the CPU path multiplies the finished sum: the same up to float32 rounding). NORM: as in gemv.cu.
+struct RowsInt8 {
+    const signed char* Q;
+    const float* s;
+    int n;
+    template <bool NORM>
+    __device__ __forceinline__ float lane_dot(int row, int lane, const float* __restrict__ x,
+                                              const float* __restrict__ g, float& ss) const {
+        const uint4* q4 = reinterpret_cast<const uint4*>(Q + (size_t)row * n);
+        const float4* x4 = reinterpret_cast<const float4*>(x);
+        const float4* g4 = reinterpret_cast<const float4*>(g);
+        float acc = 0.f;
+        #pragma unroll 2
+        for (int i = lane; i < n / 16; i += 32) {
+            uint4 p = __ldg(q4 + i);
+            unsigned int words[4] = {p.x, p.y, p.z, p.w};
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float4 a = x4[4 * i + k];
+                if (NORM) {
+                    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+                    float4 ga = g4[4 * i + k];
+                    a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
+                }
+                acc += (float)byte_s8(words[k], 0) * a.x + (float)byte_s8(words[k], 1) * a.y
+                     + (float)byte_s8(words[k], 2) * a.z + (float)byte_s8(words[k], 3) * a.w;
             }
-            acc += (float)byte_s8(words[k], 0) * a.x + (float)byte_s8(words[k], 1) * a.y
-                 + (float)byte_s8(words[k], 2) * a.z + (float)byte_s8(words[k], 3) * a.w;
         }
+        return acc * s[row];
     }
-    acc = warp_sum(acc) * s[row];
-    if (NORM) acc *= 1.0f / sqrtf(warp_sum(ss) / n + eps);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
+};
 
-extern "C" __global__ void gemv_int8(const signed char* Q, const float* s, const float* x, float* y,
-                                     int rows, int n, int acc) {
-    gemv_int8_row<false>(Q, s, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_norm_int8(const signed char* Q, const float* s, const float* x, const float* g,
-                                          float* y, int rows, int n, float eps) {
-    gemv_int8_row<true>(Q, s, x, g, y, rows, n, 0, eps);
-}
+GEMV_KERNELS(int8, (const signed char* Q, const float* s), (RowsInt8{Q, s, n}))
 
 // out[r, j] = Q[ids[r], j] * s[ids[r]] as float32 or fp16 bits (OUT = float or unsigned short),
 // one thread a weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu).

@@ -23,69 +23,62 @@ __device__ __forceinline__ void q4_k_scale_min(unsigned int s0, unsigned int s1,
 }
 
 // y[r] (+)= sum_j W[r, j] x[j], W: (rows, n) as rows of n / 256 Q4_K super-blocks.
-// One warp per row. Super-blocks are 16-byte aligned, so every load is 16 bytes wide: eight lanes
-// share a super-block, each loading its header (the same 16 bytes for all eight: one transaction)
-// and one 16-byte slice of the codes, i.e. 16 weights of sub-block 2k and 16 of 2k + 1. The warp
-// reads 4 super-blocks, 576 contiguous bytes, per step. Scales and mins come out of the sums:
+// One warp per row (GEMV_KERNELS in dtypes.cuh). Super-blocks are 16-byte aligned, so every load
+// is 16 bytes wide: eight lanes share a super-block, each loading its header (the same 16 bytes for
+// all eight: one transaction) and one 16-byte slice of the codes, i.e. 16 weights of sub-block 2k
+// and 16 of 2k + 1. The warp reads 4 super-blocks, 576 contiguous bytes, per step. Scales and mins
+// come out of the sums:
 //   sum_j w_j x_j = (d * scale) * sum_j q_j x_j - (dmin * min) * sum_j x_j   over a sub-block,
 // so the inner loop is one multiply-add per weight (as llama.cpp's dequantize_mul_mat_vec_q4_k).
-// NORM: y = W (x * g) / rms(x), as in gemv.cu: the warp reads every x[j] exactly once.
-template <bool NORM>
-__device__ __forceinline__ void gemv_q4_k_row(const unsigned char* __restrict__ W, const float* __restrict__ x,
-                                              const float* __restrict__ g, float* __restrict__ y,
-                                              int rows, int n, int accumulate, float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    int nsb = n / 256;
-    const uint4* Wr = reinterpret_cast<const uint4*>(W + (size_t)row * nsb * 144);   // 9 uint4 a super-block
-    int part = lane & 7;             // codes 16 * part .. 16 * part + 15
-    int k = part >> 1;               // ... in the 64 weights 64 * k .. (sub-blocks 2k, 2k + 1)
-    int l0 = 16 * (part & 1);        // ... at l = l0 .. l0 + 15
-    float acc = 0.f, ss = 0.f;
-    for (int sb = lane >> 3; sb < nsb; sb += 4) {
-        uint4 h = __ldg(Wr + 9 * sb);               // d, dmin, the 12 scale bytes
-        uint4 q = __ldg(Wr + 9 * sb + 1 + part);    // 16 bytes of codes
-        float d = f16_to_f32(h.x & 0xffffu), dmin = f16_to_f32(h.x >> 16);
-        unsigned int sc1, m1, sc2, m2;
-        q4_k_scale_min(h.y, h.z, h.w, 2 * k, sc1, m1);
-        q4_k_scale_min(h.y, h.z, h.w, 2 * k + 1, sc2, m2);
-        const float4* xl = reinterpret_cast<const float4*>(x + 256 * sb + 64 * k + l0);   // low nibbles
-        const float4* xh = xl + 8;                                                          // high: 32 further
-        const float4* gl = reinterpret_cast<const float4*>(g + 256 * sb + 64 * k + l0);
-        const float4* gh = gl + 8;
-        unsigned int words[4] = {q.x, q.y, q.z, q.w};
-        float sl = 0.f, sh = 0.f, xsl = 0.f, xsh = 0.f;   // sum q x and sum x, each sub-block
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float4 a = xl[i], c = xh[i];
-            if (NORM) {
-                ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + c.x * c.x + c.y * c.y + c.z * c.z + c.w * c.w;
-                float4 ga = gl[i], gc = gh[i];
-                a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w; c.x *= gc.x; c.y *= gc.y; c.z *= gc.z; c.w *= gc.w;
+// NORM: x * g, and x^2 summed on the way: the warp reads every x[j] exactly once.
+struct RowsQ4_K {
+    const unsigned char* W;
+    int n;
+    template <bool NORM>
+    __device__ __forceinline__ float lane_dot(int row, int lane, const float* __restrict__ x,
+                                              const float* __restrict__ g, float& ss) const {
+        int nsb = n / 256;
+        const uint4* Wr = reinterpret_cast<const uint4*>(W + (size_t)row * nsb * 144);   // 9 uint4 a super-block
+        int part = lane & 7;             // codes 16 * part .. 16 * part + 15
+        int k = part >> 1;               // ... in the 64 weights 64 * k .. (sub-blocks 2k, 2k + 1)
+        int l0 = 16 * (part & 1);        // ... at l = l0 .. l0 + 15
+        float acc = 0.f;
+        for (int sb = lane >> 3; sb < nsb; sb += 4) {
+            uint4 h = __ldg(Wr + 9 * sb);               // d, dmin, the 12 scale bytes
+            uint4 q = __ldg(Wr + 9 * sb + 1 + part);    // 16 bytes of codes
+            float d = f16_to_f32(h.x & 0xffffu), dmin = f16_to_f32(h.x >> 16);
+            unsigned int sc1, m1, sc2, m2;
+            q4_k_scale_min(h.y, h.z, h.w, 2 * k, sc1, m1);
+            q4_k_scale_min(h.y, h.z, h.w, 2 * k + 1, sc2, m2);
+            const float4* xl = reinterpret_cast<const float4*>(x + 256 * sb + 64 * k + l0);   // low nibbles
+            const float4* xh = xl + 8;                                                          // high: 32 further
+            const float4* gl = reinterpret_cast<const float4*>(g + 256 * sb + 64 * k + l0);
+            const float4* gh = gl + 8;
+            unsigned int words[4] = {q.x, q.y, q.z, q.w};
+            float sl = 0.f, sh = 0.f, xsl = 0.f, xsh = 0.f;   // sum q x and sum x, each sub-block
+            #pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float4 a = xl[i], c = xh[i];
+                if (NORM) {
+                    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + c.x * c.x + c.y * c.y + c.z * c.z + c.w * c.w;
+                    float4 ga = gl[i], gc = gh[i];
+                    a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w; c.x *= gc.x; c.y *= gc.y; c.z *= gc.z; c.w *= gc.w;
+                }
+                unsigned int v = words[i];
+                sl += (float)(v & 15u) * a.x + (float)((v >> 8) & 15u) * a.y
+                    + (float)((v >> 16) & 15u) * a.z + (float)((v >> 24) & 15u) * a.w;
+                sh += (float)((v >> 4) & 15u) * c.x + (float)((v >> 12) & 15u) * c.y
+                    + (float)((v >> 20) & 15u) * c.z + (float)(v >> 28) * c.w;
+                xsl += a.x + a.y + a.z + a.w;
+                xsh += c.x + c.y + c.z + c.w;
             }
-            unsigned int v = words[i];
-            sl += (float)(v & 15u) * a.x + (float)((v >> 8) & 15u) * a.y
-                + (float)((v >> 16) & 15u) * a.z + (float)((v >> 24) & 15u) * a.w;
-            sh += (float)((v >> 4) & 15u) * c.x + (float)((v >> 12) & 15u) * c.y
-                + (float)((v >> 20) & 15u) * c.z + (float)(v >> 28) * c.w;
-            xsl += a.x + a.y + a.z + a.w;
-            xsh += c.x + c.y + c.z + c.w;
+            acc += (d * (float)sc1) * sl - (dmin * (float)m1) * xsl + (d * (float)sc2) * sh - (dmin * (float)m2) * xsh;
         }
-        acc += (d * (float)sc1) * sl - (dmin * (float)m1) * xsl + (d * (float)sc2) * sh - (dmin * (float)m2) * xsh;
+        return acc;
     }
-    acc = warp_sum(acc);
-    if (NORM) acc *= 1.0f / sqrtf(warp_sum(ss) / n + eps);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
+};
 
-extern "C" __global__ void gemv_q4_k(const unsigned char* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv_q4_k_row<false>(W, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_norm_q4_k(const unsigned char* W, const float* x, const float* g, float* y,
-                                          int rows, int n, float eps) {
-    gemv_q4_k_row<true>(W, x, g, y, rows, n, 0, eps);
-}
+GEMV_KERNELS(q4_k, (const unsigned char* W), (RowsQ4_K{W, n}))
 
 // out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one thread a
 // weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu). The float32 operations

@@ -9,71 +9,63 @@
 #include "dtypes.cuh"
 
 // y[r] (+)= sum_j W[r, j] x[j], W: (rows, n) as rows of n / 256 Q6_K super-blocks.
-// One warp per row; eight lanes share a super-block: lane part p takes half h = p / 4 and
+// One warp per row (GEMV_KERNELS in dtypes.cuh); eight lanes share a super-block: lane part p takes half h = p / 4 and
 // l = 8 (p % 4) .. + 7, i.e. 8 bytes of ql at l, 8 at l + 32, 8 of qh, and so 32 weights in four
 // groups of 8 that each have one scale. A super-block is only 2-byte aligned (210 bytes), so the
 // bytes come in 16-bit loads (ld_u32_a2); the warp reads 4 super-blocks, 840 contiguous bytes, a
 // step. Each group's scale is taken out of its sum: (d * scale) * sum (q - 32) x.
-// NORM: y = W (x * g) / rms(x), as in gemv.cu: the warp reads every x[j] exactly once.
-template <bool NORM>
-__device__ __forceinline__ void gemv_q6_k_row(const unsigned char* __restrict__ W, const float* __restrict__ x,
-                                              const float* __restrict__ g, float* __restrict__ y,
-                                              int rows, int n, int accumulate, float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    int nsb = n / 256;
-    const unsigned char* Wr = W + (size_t)row * nsb * 210;
-    int part = lane & 7, h = part >> 2, l0 = 8 * (part & 3), is = l0 >> 4;
-    float acc = 0.f, ss = 0.f;
-    for (int sb = lane >> 3; sb < nsb; sb += 4) {
-        const unsigned char* blk = Wr + (size_t)sb * 210;
-        const unsigned char* ql = blk + 64 * h + l0;
-        unsigned int A[2] = {ld_u32_a2(ql), ld_u32_a2(ql + 4)};            // ql[l], l = l0 .. l0 + 7
-        unsigned int B[2] = {ld_u32_a2(ql + 32), ld_u32_a2(ql + 36)};      // ql[l + 32]
-        unsigned int H[2] = {ld_u32_a2(blk + 128 + 32 * h + l0), ld_u32_a2(blk + 132 + 32 * h + l0)};
-        unsigned int s0 = ld_u32_a2(blk + 192 + 8 * h), s1 = ld_u32_a2(blk + 196 + 8 * h);  // scales 8h .. 8h + 7
-        float d = f16_to_f32(ld_u16(blk + 208));
-        // the four groups' scales: scale[8h + is + 2 * quarter], quarter = 0..3
-        float d1 = d * (float)byte_s8(s0, is), d2 = d * (float)byte_s8(s0, is + 2);
-        float d3 = d * (float)byte_s8(s1, is), d4 = d * (float)byte_s8(s1, is + 2);
-        const float* xb = x + 256 * sb + 128 * h + l0;
-        const float* gb = g + 256 * sb + 128 * h + l0;
-        float t[4] = {0.f, 0.f, 0.f, 0.f};              // sum (q - 32) x of each quarter
-        #pragma unroll
-        for (int quarter = 0; quarter < 4; quarter++) {
+// NORM: x * g, and x^2 summed on the way: the warp reads every x[j] exactly once.
+struct RowsQ6_K {
+    const unsigned char* W;
+    int n;
+    template <bool NORM>
+    __device__ __forceinline__ float lane_dot(int row, int lane, const float* __restrict__ x,
+                                              const float* __restrict__ g, float& ss) const {
+        int nsb = n / 256;
+        const unsigned char* Wr = W + (size_t)row * nsb * 210;
+        int part = lane & 7, h = part >> 2, l0 = 8 * (part & 3), is = l0 >> 4;
+        float acc = 0.f;
+        for (int sb = lane >> 3; sb < nsb; sb += 4) {
+            const unsigned char* blk = Wr + (size_t)sb * 210;
+            const unsigned char* ql = blk + 64 * h + l0;
+            unsigned int A[2] = {ld_u32_a2(ql), ld_u32_a2(ql + 4)};            // ql[l], l = l0 .. l0 + 7
+            unsigned int B[2] = {ld_u32_a2(ql + 32), ld_u32_a2(ql + 36)};      // ql[l + 32]
+            unsigned int H[2] = {ld_u32_a2(blk + 128 + 32 * h + l0), ld_u32_a2(blk + 132 + 32 * h + l0)};
+            unsigned int s0 = ld_u32_a2(blk + 192 + 8 * h), s1 = ld_u32_a2(blk + 196 + 8 * h);  // scales 8h .. 8h + 7
+            float d = f16_to_f32(ld_u16(blk + 208));
+            // the four groups' scales: scale[8h + is + 2 * quarter], quarter = 0..3
+            float d1 = d * (float)byte_s8(s0, is), d2 = d * (float)byte_s8(s0, is + 2);
+            float d3 = d * (float)byte_s8(s1, is), d4 = d * (float)byte_s8(s1, is + 2);
+            const float* xb = x + 256 * sb + 128 * h + l0;
+            const float* gb = g + 256 * sb + 128 * h + l0;
+            float t[4] = {0.f, 0.f, 0.f, 0.f};              // sum (q - 32) x of each quarter
             #pragma unroll
-            for (int half4 = 0; half4 < 2; half4++) {     // l = l0 + 4 * half4 .. + 3
-                float4 a = *reinterpret_cast<const float4*>(xb + 32 * quarter + 4 * half4);
-                if (NORM) {
-                    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
-                    float4 ga = *reinterpret_cast<const float4*>(gb + 32 * quarter + 4 * half4);
-                    a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
-                }
-                unsigned int lo = (quarter & 1) ? B[half4] : A[half4];    // quarters 1, 3: ql[l + 32]
-                int shift = (quarter & 2) ? 4 : 0;                        // quarters 2, 3: high nibble
-                float xs[4] = {a.x, a.y, a.z, a.w};
+            for (int quarter = 0; quarter < 4; quarter++) {
                 #pragma unroll
-                for (int b = 0; b < 4; b++) {
-                    int q = (int)(((byte_u8(lo, b) >> shift) & 15u) | (((byte_u8(H[half4], b) >> (2 * quarter)) & 3u) << 4)) - 32;
-                    t[quarter] += (float)q * xs[b];
+                for (int half4 = 0; half4 < 2; half4++) {     // l = l0 + 4 * half4 .. + 3
+                    float4 a = *reinterpret_cast<const float4*>(xb + 32 * quarter + 4 * half4);
+                    if (NORM) {
+                        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+                        float4 ga = *reinterpret_cast<const float4*>(gb + 32 * quarter + 4 * half4);
+                        a.x *= ga.x; a.y *= ga.y; a.z *= ga.z; a.w *= ga.w;
+                    }
+                    unsigned int lo = (quarter & 1) ? B[half4] : A[half4];    // quarters 1, 3: ql[l + 32]
+                    int shift = (quarter & 2) ? 4 : 0;                        // quarters 2, 3: high nibble
+                    float xs[4] = {a.x, a.y, a.z, a.w};
+                    #pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        int q = (int)(((byte_u8(lo, b) >> shift) & 15u) | (((byte_u8(H[half4], b) >> (2 * quarter)) & 3u) << 4)) - 32;
+                        t[quarter] += (float)q * xs[b];
+                    }
                 }
             }
+            acc += d1 * t[0] + d2 * t[1] + d3 * t[2] + d4 * t[3];
         }
-        acc += d1 * t[0] + d2 * t[1] + d3 * t[2] + d4 * t[3];
+        return acc;
     }
-    acc = warp_sum(acc);
-    if (NORM) acc *= 1.0f / sqrtf(warp_sum(ss) / n + eps);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
+};
 
-extern "C" __global__ void gemv_q6_k(const unsigned char* W, const float* x, float* y, int rows, int n, int acc) {
-    gemv_q6_k_row<false>(W, x, nullptr, y, rows, n, acc, 0.f);
-}
-extern "C" __global__ void gemv_norm_q6_k(const unsigned char* W, const float* x, const float* g, float* y,
-                                          int rows, int n, float eps) {
-    gemv_q6_k_row<true>(W, x, g, y, rows, n, 0, eps);
-}
+GEMV_KERNELS(q6_k, (const unsigned char* W), (RowsQ6_K{W, n}))
 
 // out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one thread a
 // weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu). quants.py's float32
