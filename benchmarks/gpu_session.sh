@@ -31,6 +31,13 @@
 #     profile's GB/s for gemv w13 (Q4_K), w2 (Q4_K or Q6_K by layer) and output (Q6_K). If Q6_K
 #     or Q8_0 lag (their blocks are only 2-byte aligned: 16-bit loads), that is where to work next:
 #     e.g. staging a warp's blocks through shared memory with 16-byte loads, or several rows a warp.
+# The 5-kernels-a-layer decode step (issue 17 item 5; built 2026-12-03 without a GPU, never run on
+# one before this script): tests.txt, test_attention_kernel (attn_decode: RoPE, cache write, split
+# attention, the last block's merge; its counters back at 0 after each launch, else the next step
+# hangs on nothing but gives wrong output) and test_gemv_norm_swiglu_kernels; then every Decoder
+# test. bench.txt, stage smollm2: "152 kernels a step (5 a layer)", decode % of the limit (target
+# >= 30 %; the 8-kernel step gave ~10 %), the graph replayed alone, and each kernel's time: if
+# "attention" is slow, its merge (one block a head, the last to finish) is the first suspect.
 # Time: the timeouts below add up to 8 minutes (set-up 60 s, NVRTC 60, tests 120, benchmark 150,
 # lesson 90); on the H100 (2026-11-27) the tests took 30 s and the benchmark's stages about 45 s.
 #

@@ -222,11 +222,12 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     out = cap.out
     assert rc == 0, out + cap.err
     assert "all stages ran" in out and "limit" in out and "graph=True" in out
-    assert "decode step by kernel" in out and "gemv w13" in out      # the per-kernel profile
+    assert "decode step by kernel" in out and "gemv w13 swiglu" in out and "attention" in out   # the profile
+    assert "SmolLM2-135M, bf16" in out and "5 a layer" in out
     assert "Q4_K_M, packed" in out and "llama_np Q4_K_M (greedy)" in out and "logits finite: True" in out
     pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
     cfg = bench.ModelConfig(**bench.TINY)
-    t = bench.transformers_8b(cfg, list(range(1, 17)), 3, device="cpu")
+    t = bench.transformers_eager(cfg, list(range(1, 17)), 3, device="cpu")
     assert t["decode_tok_s"] > 0 and t["prefill_tok_s"] > 0
 
 
@@ -617,3 +618,19 @@ def test_cli_loads_a_gguf_packed_for_the_gpu(rec, monkeypatch):
     assert params["layers"][0]["w13"].kind == "q8_0" and params["output"].kind == "q8_0"
     monkeypatch.setenv("LLAMA_NP_GGUF_DTYPE", "float32")        # the user's choice still wins
     assert cli._load(str(llamacpp.path("Q8_0")), "gpu")[1]["output"].kind == "bf16"
+
+
+def test_lesson_11_counts_the_kernels_the_decoder_launches(rec):
+    """Lesson 11's table of the fused step ("llama_np.gpu.Decoder.launches() lists exactly these")
+    has as many kernels a layer as the Decoder's step."""
+    import ast
+    import json
+    import re
+    from pathlib import Path
+    nb = json.loads((Path(__file__).resolve().parents[1] / "solutions" / "11_gpu_cupy.ipynb").read_text("utf-8"))
+    src = next("".join(c["source"]) for c in nb["cells"] if "fused = {" in "".join(c["source"]))
+    fused = ast.literal_eval(re.search(r"fused = (\{.*?\n\})", src, re.S).group(1))
+    cfg, w = config("llama3_gqa"), make_weights("llama3_gqa")
+    dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=16)
+    per_layer = (len(dec.launches()) - 2) // cfg.n_layers         # minus the embedding and the head
+    assert sum(fused.values()) == per_layer == len(fused), (fused, per_layer)
