@@ -59,23 +59,15 @@ __device__ __forceinline__ float row_dot(const M& m, int row, int lane, const fl
     return acc;
 }
 
-// y[r] (+)= sum_j W[r, j] x[j]   (accumulate: the residual adds after wo and w2)
-template <class M>
-__device__ __forceinline__ void gemv_rows(const M& m, const float* x, float* y, int rows, int accumulate) {
+// y[r] (+)= sum_j W[r, j] x'[j]: accumulate for the residual adds after wo and w2; NORM (x' =
+// rms_norm(x, g)) for the products after each RMSNorm (wqkv, a w13 of mixed kinds, the output head)
+template <bool NORM, class M>
+__device__ __forceinline__ void gemv_rows(const M& m, const float* x, const float* g, float* y, int rows,
+                                          int accumulate, float eps) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
-    float acc = row_dot<M, false>(m, row, lane, x, nullptr, 0.f);
+    float acc = row_dot<M, NORM>(m, row, lane, x, g, eps);
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
-
-// y = W rms_norm(x, g): the products after each RMSNorm (wqkv, w13 of a mixed stack, the output head)
-template <class M>
-__device__ __forceinline__ void gemv_norm_rows(const M& m, const float* x, const float* g, float* y, int rows,
-                                               float eps) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    float acc = row_dot<M, true>(m, row, lane, x, g, eps);
-    if (lane == 0) y[row] = acc;
 }
 
 // SwiGLU's first half in one kernel: W = [w1 (F rows) ; w3 (F rows)] (model.FUSED's w13), and
@@ -100,11 +92,11 @@ __device__ __forceinline__ void gemv_norm_swiglu_rows(const M& m, const float* x
 #define GEMV_KERNELS(NAME, PARAMS, MAKE)                                                                  \
 extern "C" __global__ void gemv_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, float* y, int rows, int n,  \
                                        int accumulate) {                                                  \
-    gemv_rows(LLAMA_NP_UNPAREN MAKE, x, y, rows, accumulate);                                             \
+    gemv_rows<false>(LLAMA_NP_UNPAREN MAKE, x, nullptr, y, rows, accumulate, 0.f);                        \
 }                                                                                                         \
 extern "C" __global__ void gemv_norm_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, const float* g, float* y, \
                                             int rows, int n, float eps) {                                 \
-    gemv_norm_rows(LLAMA_NP_UNPAREN MAKE, x, g, y, rows, eps);                                            \
+    gemv_rows<true>(LLAMA_NP_UNPAREN MAKE, x, g, y, rows, 0, eps);                                        \
 }                                                                                                         \
 extern "C" __global__ void gemv_norm_swiglu_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, const float* g, \
                                                    float* a, int F, int n, float eps) {                   \
