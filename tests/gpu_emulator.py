@@ -404,19 +404,23 @@ class Recorder:
         self.launches = 0           # kernels actually run (not recorded)
 
 
-def fake_kernel(rec: Recorder):
+def fake_kernel(rec: Recorder, cuda=None):
+    """``llama_np.gpu.kernel`` for the fake device: each launch runs the kernel's NumPy emulation,
+    or, with ``cuda`` (tests/cuda_on_cpu.py), the kernel's CUDA source compiled for the CPU; inside
+    a graph capture it is recorded instead, with its arguments, and run at each replay."""
     def kernel(name):
-        fn = KERNELS[name]
+        fn = KERNELS[name] if cuda is None else cuda.kernel(name)
 
         def launch(grid, block, args, shared_mem=0, stream=None):
             assert all(isinstance(a, (np.ndarray, np.generic)) for a in args), \
                 f"{name}: scalars must be NumPy int32/float32 (CuPy passes Python ints as 64-bit)"
             check_launch(name, grid, block, args, shared_mem)
+            run = fn if cuda is None else (lambda *a: fn(grid, block, a, shared_mem=shared_mem))
             if rec.capturing is not None:
-                rec.capturing.append((fn, args))
+                rec.capturing.append((run, args))
             else:
                 rec.launches += 1
-                fn(*args)
+                run(*args)
         return launch
     return kernel
 

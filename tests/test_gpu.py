@@ -12,7 +12,12 @@ The tensor-core prefill (gpu.PREFILL = "fp16", the default) rounds activations t
 its bound is 2e-2 of the largest logit, same top tokens (gpu_emulator.assert_within_fp16_prefill_bound).
 Every other test here runs the exact float32 prefill.
 
-Skips, with the reason, where CuPy or a GPU is missing (CI has neither).
+Without a GPU (CI, a laptop) the same tests run the kernels' CUDA source compiled for the CPU by g++
+(tests/cuda_on_cpu.py: a fiber per CUDA thread, real shuffles and barriers, guard bytes around every
+array), on NumPy arrays behind the emulator's fake CuPy (tests/gpu_emulator.py): every line of every
+kernel runs and is checked, but nothing about the GPU's speed, memory model or libraries (cuBLAS)
+is. Tests that need those are marked ``gpu_only`` and skip there, with the reason. Without g++
+either, the whole file skips.
 """
 from __future__ import annotations
 
@@ -21,20 +26,28 @@ import pytest
 
 from llama_np.backend import DeviceError, use
 
-try:
-    cp = use("gpu")
-except DeviceError as e:
-    pytest.skip(f"no usable CUDA GPU here ({e}); this file runs on a GPU machine "
-                f"(see benchmarks/gpu.py)", allow_module_level=True)
-finally:
-    use("cpu")
-
 from llama_np import gpu  # noqa: E402
 from llama_np.kv_cache import new_cache  # noqa: E402
 from llama_np.model import forward, nest  # noqa: E402
+from tests import cuda_on_cpu  # noqa: E402
 from tests import gpu_emulator as emu  # noqa: E402
 from course.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16  # noqa: E402
 
+try:
+    cp = use("gpu")
+    ON_GPU = True
+except DeviceError as e:
+    if cuda_on_cpu.unavailable():
+        pytest.skip(f"no usable CUDA GPU here ({e}), and {cuda_on_cpu.unavailable()}; this file runs on a GPU "
+                    f"machine (see benchmarks/gpu_session.sh)", allow_module_level=True)
+    ON_GPU, NO_GPU = False, str(e)
+    _rec = emu.Recorder()
+    cp = emu.fake_cupy(_rec)
+finally:
+    use("cpu")
+
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a real GPU (cuBLAS, CuPy, or a model too big for "
+                                                 "the kernels run on the CPU)")
 rng = np.random.default_rng(0)
 
 
@@ -42,9 +55,25 @@ rng = np.random.default_rng(0)
 def on_gpu(monkeypatch):
     # the exact prefill: the tolerances above; the tensor-core one is tested at its own bound below
     monkeypatch.setattr(gpu, "PREFILL", "float32")
-    use("gpu")
-    yield
+    if ON_GPU:
+        use("gpu")
+        yield
+        use("cpu")
+    else:       # CuPy -> the emulator's fake; llama_np.gpu.kernel -> the CUDA kernels compiled for the CPU
+        monkeypatch.setattr(gpu, "_cp", lambda: cp)
+        monkeypatch.setattr(gpu, "kernel", emu.fake_kernel(_rec, cuda=cuda_on_cpu))
+        yield
+
+
+def to_host():
+    """Run the model code on NumPy (the reference side of a comparison)."""
     use("cpu")
+
+
+def to_device():
+    """Back to the device after ``to_host`` (on the CPU harness the model code always runs NumPy)."""
+    if ON_GPU:
+        use("gpu")
 
 
 def run(name, grid, block, host_args, out_idx, shared_mem=0):
@@ -230,6 +259,8 @@ def test_pipelined_greedy_matches_numpy_greedy(dtype):
 def smollm2():
     from llama_np.assets import AssetError
     from llama_np.weights import load_model
+    if not ON_GPU:
+        pytest.skip("SmolLM2 through the CUDA kernels run on the CPU would take minutes a test: GPU only")
     use("cpu")
     try:
         return load_model(None, progress=False)
@@ -389,9 +420,9 @@ def test_llamacpp_fixture_packed_fp16_prefill(monkeypatch):
     from tests.fixtures.llamacpp import make_fixtures as mf
     cfg, flat, _ = gguf_loader.load(str(mf.path("Q4_K_M")), tokenizer=False, progress=False, dtype="packed")
     ids = [int(t) for t in mf.IDS]
-    use("cpu")
+    to_host()
     ref = forward(nest(dict(flat), cfg), cfg, ids)
-    use("gpu")
+    to_device()
     monkeypatch.setattr(gpu, "PREFILL", "fp16")
     emu.assert_within_fp16_prefill_bound(gpu.forward_gpu(gpu.upload(flat, cfg), cfg, ids), ref)
 

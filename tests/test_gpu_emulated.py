@@ -627,7 +627,10 @@ def test_lesson_11_counts_the_kernels_the_decoder_launches(rec):
     import json
     import re
     from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1] / "solutions" / "11_gpu_cupy.ipynb").read_text("utf-8"))
+    path = Path(__file__).resolve().parents[1] / "solutions" / "11_gpu_cupy.ipynb"
+    if not path.exists():
+        pytest.skip("solutions/ is in the repository, not in an installed copy")
+    nb = json.loads(path.read_text("utf-8"))
     src = next("".join(c["source"]) for c in nb["cells"] if "fused = {" in "".join(c["source"]))
     fused = ast.literal_eval(re.search(r"fused = (\{.*?\n\})", src, re.S).group(1))
     cfg, w = config("llama3_gqa"), make_weights("llama3_gqa")

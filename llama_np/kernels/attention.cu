@@ -119,12 +119,14 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* cos_t, con
 
     // 6. count this part done; the last of head h's parts merges them:
     //    out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p, M = max m_p.
-    __threadfence();      // this block's pm, pl, pacc reach the whole device before it is counted
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(done + h, 1) == n_parts - 1;
+    __syncthreads();      // every thread of the block has written its share of pm, pl, pacc
+    if (tid == 0) {       // fence, count, fence in one thread, as cooperative groups' grid sync does:
+        __threadfence();  // the block's results reach the whole device before it is counted (release),
+        last = atomicAdd(done + h, 1) == n_parts - 1;
+        __threadfence();  // and the last block sees every other part's after its count (acquire)
+    }
     __syncthreads();
     if (!last) return;
-    __threadfence();
     // Other blocks wrote these: read them from L2 (__ldcg), never from a stale L1 line.
     const float* m = pm + (size_t)h * n_parts;
     const float* l = pl + (size_t)h * n_parts;
