@@ -406,7 +406,7 @@ class Recorder:
 
 def fake_kernel(rec: Recorder, cuda=None):
     """``llama_np.gpu.kernel`` for the fake device: each launch runs the kernel's NumPy emulation,
-    or, with ``cuda`` (tests/cuda_on_cpu.py), the kernel's CUDA source compiled for the CPU; inside
+    or, with ``cuda`` (llama_np/kernels/cpu.py), the kernel's CUDA source compiled for the CPU; inside
     a graph capture it is recorded instead, with its arguments, and run at each replay."""
     def kernel(name):
         fn = KERNELS[name] if cuda is None else cuda.kernel(name)

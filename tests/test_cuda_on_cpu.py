@@ -1,4 +1,4 @@
-"""tests/cuda_on_cpu.py, which runs the CUDA kernels on the CPU for tests/test_gpu.py, can fail:
+"""llama_np/kernels/cpu.py, which runs the CUDA kernels on the CPU for tests/test_gpu.py, can fail:
 it refuses what a GPU would punish (a write past an array, a shuffle or barrier some threads skip,
 a scalar CuPy would pass wrongly), it does what CUDA does where a kernel is right (warp sums, shared
 memory, blocks in any order), and a bug put into one of llama_np's own kernels makes the comparison
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from llama_np import gpu, kernels
-from tests import cuda_on_cpu, gpu_emulator as emu
-from tests.cuda_on_cpu import CudaOnCpuError
+from llama_np.kernels import cpu as cuda_on_cpu
+from llama_np.kernels.cpu import CudaOnCpuError
+from tests import gpu_emulator as emu
 
 pytestmark = pytest.mark.skipif(cuda_on_cpu.unavailable() is not None, reason=str(cuda_on_cpu.unavailable()))
 
@@ -167,3 +168,43 @@ def test_the_real_kernels_pass_and_a_bug_put_into_them_fails():
     a, ref = swiglu_case(mutated("a[j] = gate / (1.0f + expf(-gate)) * up;",
                                  "a[j] = up / (1.0f + expf(-up)) * gate;"))            # gate and up swapped
     assert not np.allclose(a, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_lesson_11_kernel_runs_on_the_cpu_and_its_usual_bugs_do_not():
+    """Lesson 11's exercise 4 without a GPU: the solved RMSNorm kernel, compiled by RawKernel,
+    matches llama_np.norm.rms_norm; with its tree's barrier dropped the numbers go wrong, and
+    with the barrier inside the `if` the harness names the error a GPU would hang or misbehave on."""
+    from llama_np.norm import rms_norm
+    from tests.test_nvrtc import lesson_11_kernel
+    src = lesson_11_kernel()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 576), dtype=np.float32)
+    w = (1 + 0.1 * rng.standard_normal(576)).astype(np.float32)
+
+    def run(source):
+        y = np.zeros_like(x)
+        cuda_on_cpu.RawKernel(source, "rms_norm")((3,), (256,), (x, w, y, np.int32(576), np.float32(1e-5)))
+        return y
+    np.testing.assert_allclose(run(src), rms_norm(x, w, 1e-5), atol=1e-5)
+    tree = "            partial[threadIdx.x] += partial[threadIdx.x + s];\n        __syncthreads();"
+    assert src.count(tree) == 1
+    no_barrier = src.replace(tree, "            partial[threadIdx.x] += partial[threadIdx.x + s];")
+    assert not np.allclose(run(no_barrier), rms_norm(x, w, 1e-5), atol=1e-5)
+    inside_if = src.replace(tree, "        {\n            partial[threadIdx.x] += partial[threadIdx.x + s];\n"
+                                  "            __syncthreads();\n        }")
+    with pytest.raises(CudaOnCpuError, match="__syncthreads"):
+        run(inside_if)
+    with pytest.raises(CudaOnCpuError, match="does not compile: .*error"):
+        run(src.replace("rsqrtf(", "rsqrt_typo("))
+
+
+def test_without_a_compiler_it_says_why(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    cuda_on_cpu.unavailable.cache_clear()
+    try:
+        assert cuda_on_cpu.unavailable() == "no C++ compiler (g++) to compile CUDA for the CPU"
+        with pytest.raises(CudaOnCpuError, match="no C"):
+            cuda_on_cpu.build("extern \"C\" __global__ void k(float* y) { y[0] = 1.f; }")
+    finally:
+        cuda_on_cpu.unavailable.cache_clear()

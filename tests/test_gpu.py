@@ -13,7 +13,7 @@ its bound is 2e-2 of the largest logit, same top tokens (gpu_emulator.assert_wit
 Every other test here runs the exact float32 prefill.
 
 Without a GPU (CI, a laptop) the same tests run the kernels' CUDA source compiled for the CPU by g++
-(tests/cuda_on_cpu.py: a fiber per CUDA thread, real shuffles and barriers, guard bytes around every
+(llama_np/kernels/cpu.py: a fiber per CUDA thread, real shuffles and barriers, guard bytes around every
 array), on NumPy arrays behind the emulator's fake CuPy (tests/gpu_emulator.py): every line of every
 kernel runs and is checked, but nothing about the GPU's speed, memory model or libraries (cuBLAS)
 is. Tests that need those are marked ``gpu_only`` and skip there, with the reason. Without g++
@@ -29,7 +29,7 @@ from llama_np.backend import DeviceError, use
 from llama_np import gpu  # noqa: E402
 from llama_np.kv_cache import new_cache  # noqa: E402
 from llama_np.model import forward, nest  # noqa: E402
-from tests import cuda_on_cpu  # noqa: E402
+from llama_np.kernels import cpu as cuda_on_cpu  # noqa: E402
 from tests import gpu_emulator as emu  # noqa: E402
 from course.fixtures.tiny.configs import config, make_ids, make_weights, round_to_bf16  # noqa: E402
 

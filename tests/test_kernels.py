@@ -20,15 +20,7 @@ from tests import gpu_emulator
 REPO = Path(__file__).resolve().parents[1]
 
 
-def defined_kernels(src: str) -> set[str]:
-    """Names of the __global__ functions in a CUDA source: those written out, three made by each
-    EMBED(name, ...) in embed.cu, and three by each GEMV_KERNELS(kind, ...) of dtypes.cuh
-    (gemv_kind, gemv_norm_kind, gemv_norm_swiglu_kind); not the macros' own templates."""
-    names = {n for n in re.findall(r'extern "C" __global__ void (\w+)\(', src) if "NAME" not in n}
-    names |= set(re.findall(r"^EMBED\((\w+),", src, re.M))
-    for kind in re.findall(r"^GEMV_KERNELS\((\w+),", src, re.M):
-        names |= {f"gemv_{kind}", f"gemv_norm_{kind}", f"gemv_norm_swiglu_{kind}"}
-    return names
+defined_kernels = kernels.kernel_names
 
 
 def test_every_file_is_in_the_joined_module_in_order():

@@ -144,7 +144,7 @@ def test_copied_notebook_runs_from_a_non_editable_install(installed, tmp_path, n
 def test_gpu_emulated_tests_run_from_a_non_editable_install(installed, tmp_path):
     """tests/test_gpu_emulated.py, tests/test_kernels.py (llama_np.gpu with CuPy and its CUDA
     kernels emulated in NumPy) and tests/test_gpu.py (the CUDA kernels compiled for the CPU,
-    tests/cuda_on_cpu.py) against the installed package, from a folder outside the
+    llama_np.kernels.cpu) against the installed package, from a folder outside the
     repository: the .cu files, the tiny models' fixtures and whatever else the GPU path reads must
     come with the package. Only the test files are copied, with the llama.cpp-written GGUF files
     they compare against (test data, not the package's) and benchmarks/gpu.py, which one runs."""
@@ -152,7 +152,7 @@ def test_gpu_emulated_tests_run_from_a_non_editable_install(installed, tmp_path)
     (work / "tests").mkdir(parents=True)
     (work / "benchmarks").mkdir()
     for name in ("__init__.py", "gpu_emulator.py", "tolerance.py", "test_gpu_emulated.py", "test_kernels.py",
-                 "cuda_on_cpu.py", "cuda_on_cpu.h", "test_gpu.py"):
+                 "test_gpu.py"):
         shutil.copy(ROOT / "tests" / name, work / "tests" / name)
     shutil.copy(ROOT / "benchmarks" / "gpu.py", work / "benchmarks" / "gpu.py")
     (work / "tests" / "fixtures").mkdir()

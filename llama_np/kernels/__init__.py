@@ -23,13 +23,16 @@
 |                  | and the merge of its parts, one launch a layer                 |
 | ``swiglu.cu``    | ``swiglu``: silu(gate) * up (for a w13 of two weight formats)  |
 | ``argmax.cu``    | ``argmax_next``: greedy decoding on the device                 |
+| ``cuda_on_cpu.h``| not a kernel: the small CUDA runtime with which ``cpu.py``     |
+|                  | compiles these files (or lesson 11's kernel) for the CPU       |
 
 Each file stands on its own for an editor, ``nvcc -c`` or compute-sanitizer (the files that widen
 16-bit weights or read packed blocks ``#include "dtypes.cuh"``). CuPy compiles one string with NVRTC, and an installed
 package need not be a folder NVRTC could search for headers, so ``module_source`` joins the header
 and the files in a fixed order and drops those include lines. The files are package data, read with importlib.resources,
 so they come with a wheel or a non-editable install (and from a zip, if the package is in one).
-Reading them does not need CuPy or a GPU.
+Reading them does not need CuPy or a GPU. ``llama_np.kernels.cpu`` compiles them (or any CUDA
+source, such as lesson 11's) for the CPU with g++, to run and check them where there is no GPU.
 """
 from __future__ import annotations
 
@@ -55,4 +58,15 @@ def module_source() -> str:
     return "\n".join([source(HEADER)] + [_INCLUDE.sub("", source(name)) for name in FILES])
 
 
-__all__ = ["FILES", "HEADER", "module_source", "source"]
+def kernel_names(src: str) -> set[str]:
+    """Names of the __global__ functions in CUDA source: those written out, three made by each
+    EMBED(name, ...) in embed.cu, and three by each GEMV_KERNELS(kind, ...) of dtypes.cuh
+    (gemv_kind, gemv_norm_kind, gemv_norm_swiglu_kind); not the macros' own templates."""
+    names = {n for n in re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', src) if "NAME" not in n}
+    names |= set(re.findall(r"^EMBED\((\w+),", src, re.M))
+    for kind in re.findall(r"^GEMV_KERNELS\((\w+),", src, re.M):
+        names |= {f"gemv_{kind}", f"gemv_norm_{kind}", f"gemv_norm_swiglu_{kind}"}
+    return names
+
+
+__all__ = ["FILES", "HEADER", "kernel_names", "module_source", "source"]

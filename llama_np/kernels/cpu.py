@@ -1,22 +1,25 @@
-"""llama_np's CUDA kernels compiled for the CPU with g++ and run thread by thread, so that
-tests/test_gpu.py runs the kernels' own code on machines without a GPU (CI, a laptop).
+"""CUDA kernels compiled for the CPU with g++ and run thread by thread: llama_np's own (so that
+tests/test_gpu.py runs every line of them on machines without a GPU) and a learner's (lesson 11's
+RMSNorm kernel, checked where there is no GPU).
 
-    from tests import cuda_on_cpu
-    k = cuda_on_cpu.kernel("gemv_bf16")                 # what llama_np.gpu.kernel returns, for NumPy
-    k(grid, (256,), (W, x, y, np.int32(rows), np.int32(n), np.int32(0)))
+    from llama_np.kernels import cpu
+    k = cpu.RawKernel(source, "rms_norm")              # as cupy.RawKernel, on NumPy arrays
+    k((T,), (256,), (x, w, y, np.int32(dim), np.float32(eps)))
+    cpu.kernel("gemv_bf16")(grid, (256,), args)        # one of llama_np's kernels
 
-The source is llama_np.kernels.module_source() itself, with three mechanical rewrites (the PTX
-``asm`` conversions between fp16 and float32 become C++ ``_Float16`` casts; ``extern __shared__``
-becomes the launch's buffer); tests/cuda_on_cpu.h supplies the rest of CUDA: thread and block
-indices, float4/uint4, __ldg, atomics, and warp shuffles and __syncthreads through a fiber per thread
-(see its header). Each launch checks what a GPU would punish: a scalar of the wrong type (CuPy
-passes Python ints as 64-bit), a non-contiguous or overlapping array, a write outside an argument
-array (guard bytes before and after each one), a shuffle some lanes do not reach, a barrier after
-some threads returned, a deadlock. Blocks run in a shuffled order.
+The source is compiled as it is, with three mechanical rewrites (the PTX ``asm`` conversions
+between fp16 and float32 become C++ ``_Float16`` casts; ``extern __shared__`` becomes the launch's
+buffer); cuda_on_cpu.h, next to this file, supplies the rest of CUDA: thread and block indices,
+float4/uint4, __ldg, atomics, a few math intrinsics, and warp shuffles and __syncthreads through a
+fiber per thread (see its header). Each launch checks what a GPU would punish: a scalar of the
+wrong type (CuPy passes Python ints as 64-bit), a non-contiguous or overlapping array, a write
+outside an argument array (guard bytes before and after each one), a shuffle some lanes do not
+reach, a barrier after some threads returned, a deadlock. Blocks run in a shuffled order.
 
 What it cannot show: speed; the memory model between blocks running at the same time (here they
 run one after another, so a missing __threadfence goes unnoticed); CUDA's own expf/sqrtf rounding;
-register spills (tests/test_nvrtc.py checks those). tests/test_gpu.py on a real GPU still decides.
+register spills (tests/test_nvrtc.py checks those). A real GPU still decides. Needs g++ (with
+_Float16: GCC 12 or newer on x86-64); ``unavailable()`` says why not.
 """
 from __future__ import annotations
 
@@ -28,15 +31,16 @@ import re
 import shutil
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from llama_np import kernels
+from . import kernel_names, module_source
 
-HERE = Path(__file__).resolve().parent
+RUNTIME = "cuda_on_cpu.h"
 GUARD = 256          # bytes of 0xff before and after each array argument (0xff..: NaN as float32)
-# The source rewrites, each (pattern, replacement, how many times it must match)
+# The source rewrites, each (pattern, replacement)
 _F16_TO_F32 = (re.compile(r'asm\("cvt\.f32\.f16 %0, %1;" : "=f"\((\w+)\) : "h"\((\w+)\)\);'),
                r"\1 = cpu_f16_to_f32(\2);")
 _F32_TO_F16 = (re.compile(r'asm\("cvt\.rn\.f16\.f32 %0, %1;" : "=h"\((\w+)\) : "f"\((.+?)\)\);'),
@@ -51,12 +55,12 @@ class CudaOnCpuError(RuntimeError):
 
 def cpu_source(src: str | None = None) -> str:
     """CUDA source (default: the kernel module) rewritten for g++; every ``asm`` must have been rewritten."""
-    src = kernels.module_source() if src is None else src
+    src = module_source() if src is None else src
     for pattern, repl in (_F16_TO_F32, _F32_TO_F16, _DYN_SHARED):
         src = pattern.sub(repl, src)
     if "asm(" in src or "extern __shared__" in src:
         raise CudaOnCpuError("a kernel uses an asm statement or extern __shared__ form that "
-                             "tests/cuda_on_cpu.py does not rewrite")
+                             "llama_np.kernels.cpu does not rewrite")
     return src
 
 
@@ -64,7 +68,9 @@ def _program(cuda_source: str, names: list[str]) -> str:
     table = ",\n".join(f'    {{"{n}", [](void** a) {{ cpu::call({n}, a); }}, [] {{ return cpu::signature({n}); }}}}'
                        for n in names)
     return f'''#include "cuda_on_cpu.h"
+#line 1 "kernel.cu"
 {cpu_source(cuda_source)}
+#line 1 "harness.cpp"
 namespace {{
 struct Entry {{ const char* name; void (*thunk)(void**); std::string (*sig)(); }};
 const Entry table[] = {{
@@ -93,37 +99,77 @@ extern "C" int cpu_launch(const char* name, unsigned gx, unsigned gy, unsigned g
 '''
 
 
+_PROBE = r"""
+extern "C" __global__ void probe(const float* x, float* y) {
+    __shared__ float s[64];
+    float v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    s[threadIdx.x] = v;
+    __syncthreads();
+    y[threadIdx.x] = s[63 - threadIdx.x] + (float)(_Float16)0.5f;
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
 def unavailable() -> str | None:
-    """Why the kernels cannot be built for the CPU here (no g++), or None."""
-    return None if shutil.which("g++") else "no g++ to compile the CUDA kernels for the CPU"
+    """Why CUDA cannot be compiled and run on the CPU here, or None: no g++, or one that cannot
+    build or run the runtime (checked once a process by building and running a small kernel)."""
+    if shutil.which("g++") is None:
+        return "no C++ compiler (g++) to compile CUDA for the CPU"
+    try:
+        x = np.arange(64, dtype=np.float32)
+        y = np.zeros(64, np.float32)
+        launch("probe", (1,), (64,), 0, x, y, lib=_compile(_PROBE))
+    except (CudaOnCpuError, OSError) as e:
+        return f"g++ cannot build or run the CPU runtime for CUDA here ({str(e).splitlines()[0]})"
+    sums = x.reshape(2, 32).sum(1)
+    if not np.array_equal(y, sums[np.arange(64)[::-1] // 32] + 0.5):
+        return "the CPU runtime for CUDA gives wrong results on this machine"
+    return None
+
+
+def _cache_dir() -> Path:
+    d = Path(tempfile.gettempdir()) / f"llama_np_cuda_on_cpu_{os.getuid() if hasattr(os, 'getuid') else 0}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
 @functools.lru_cache(maxsize=None)
 def build(cuda_source: str | None = None):
     """The kernels of ``cuda_source`` (default: llama_np's module) compiled for the CPU, as a
-    ctypes library; cached on disk by the hash of the source and the harness."""
-    from tests.test_kernels import defined_kernels
+    ctypes library; cached on disk by the hash of the source and the runtime. A compile error is a
+    CudaOnCpuError whose first line is g++'s first error."""
     why = unavailable()
     if why:
         raise CudaOnCpuError(why)
-    cuda_source = kernels.module_source() if cuda_source is None else cuda_source
-    program = _program(cuda_source, sorted(defined_kernels(cuda_source)))
-    header = (HERE / "cuda_on_cpu.h").read_text(encoding="utf-8")
-    key = hashlib.sha256((program + header).encode()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / f"llama_np_cuda_on_cpu_{os.getuid()}"
+    return _compile(module_source() if cuda_source is None else cuda_source)
+
+
+def _compile(cuda_source: str):
+    names = sorted(kernel_names(cuda_source))
+    if not names:
+        raise CudaOnCpuError('no extern "C" __global__ kernel in the source')
+    program = _program(cuda_source, names)
+    runtime = resources.files(__package__).joinpath(RUNTIME).read_text(encoding="utf-8")
+    key = hashlib.sha256((program + runtime).encode()).hexdigest()[:16]
+    cache = _cache_dir()
     lib = cache / f"kernels-{key}.so"
     if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        src = cache / f"kernels-{key}.{os.getpid()}.cpp"
-        src.write_text(program, encoding="utf-8")
-        tmp = cache / f"kernels-{key}.{os.getpid()}.so"
-        cmd = ["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wno-unknown-pragmas",
-               f"-I{HERE}", "-o", str(tmp), str(src)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        src.unlink()
-        if r.returncode != 0:
-            raise CudaOnCpuError(f"g++ could not compile the kernels for the CPU:\n{r.stderr[-4000:]}")
-        os.replace(tmp, lib)
+        work = Path(tempfile.mkdtemp(dir=cache))
+        try:
+            (work / RUNTIME).write_text(runtime, encoding="utf-8")
+            (work / "kernels.cpp").write_text(program, encoding="utf-8")
+            cmd = ["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wno-unknown-pragmas",
+                   f"-I{work}", "-o", str(work / "kernels.so"), str(work / "kernels.cpp")]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
+                first = errors[0].split("kernel.cu:", 1)[-1] if errors else "see below"   # line:column: error
+                raise CudaOnCpuError(f"the kernel does not compile: {first}\n{r.stderr[-3000:]}")
+            os.replace(work / "kernels.so", lib)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     so = ctypes.CDLL(str(lib))
     so.cpu_launch.restype = so.cpu_signature.restype = ctypes.c_int
     return so
@@ -206,4 +252,17 @@ def kernel(name: str, seed: int = 0, lib=None):
     return run
 
 
-__all__ = ["CudaOnCpuError", "build", "cpu_source", "kernel", "launch", "signature", "unavailable"]
+class RawKernel:
+    """``cupy.RawKernel(code, name)`` for the CPU: compile ``code`` with g++ and run kernel ``name``
+    on NumPy arrays, ``k(grid, block, args, shared_mem=0)``. Lesson 11 checks a learner's kernel
+    with it where there is no GPU."""
+
+    def __init__(self, code: str, name: str, seed: int = 0):
+        self.code, self.name = code, name
+        self._run = kernel(name, seed=seed, lib=build(code))
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, stream=None) -> None:
+        self._run(grid, block, args, shared_mem=shared_mem)
+
+
+__all__ = ["CudaOnCpuError", "RawKernel", "build", "cpu_source", "kernel", "launch", "signature", "unavailable"]

@@ -1,7 +1,7 @@
 // cuda_on_cpu.h: just enough of CUDA for llama_np's kernels (llama_np/kernels/*.cu) to compile
 // with g++ and run on the CPU, thread by thread, so that the kernels' own code (index arithmetic,
 // bit fields, shuffles, barriers, the last-block merge) is tested on machines without a GPU.
-// tests/cuda_on_cpu.py builds and launches them; see its docstring for what this can and cannot show.
+// llama_np/kernels/cpu.py builds and launches them; see its docstring for what this can and cannot show.
 //
 // Every CUDA thread of a block is a fiber on one OS thread (a dozen instructions of assembly switch
 // between them on x86-64; ucontext elsewhere, which costs a system call a switch). A fiber runs until it reaches
@@ -54,7 +54,13 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 inline int atomicAdd(int* p, int v) { int old = *p; *p = old + v; return old; }
-// the PTX conversions (asm cvt) of dtypes.cuh and widen.cu, rewritten to these by cuda_on_cpu.py
+// CUDA's fast-math intrinsics, as the plain functions (accurate to float32 rounding here)
+inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
+inline float __expf(float v) { return expf(v); }
+inline float __logf(float v) { return logf(v); }
+inline float __powf(float a, float b) { return powf(a, b); }
+inline float __fdividef(float a, float b) { return a / b; }
+// the PTX conversions (asm cvt) of dtypes.cuh and widen.cu, rewritten to these by cpu.py
 inline float cpu_f16_to_f32(unsigned short h) { _Float16 x; memcpy(&x, &h, 2); return (float)x; }
 inline unsigned short cpu_f32_to_f16_bits(float f) { _Float16 x = (_Float16)f; unsigned short h; memcpy(&h, &x, 2); return h; }
 
