@@ -39,8 +39,10 @@ file stores them, and llama_np's int8 (codes and a scale per row), are uploaded 
 (``PackedDeviceWeight``) and dequantized in registers by their own matrix-vector kernels
 (llama_np/kernels/gemv_q8_0.cu, gemv_q4_k.cu, gemv_q6_k.cu, gemv_int8.cu), so Llama 3 8B Q4_K_M
 takes its file's 4.9 GB of GPU memory, not 16 GB of bf16, and a decode step reads 4.6 GB instead
-of 15. A prefill dequantizes each such matrix a tile of rows at a time (``PREFILL_TILE`` weights,
-fp16 or float32 after ``PREFILL``) into a reused scratch buffer and multiplies the tile with cuBLAS.
+of 15. A prefill of more than ``FEW_TOKENS`` tokens dequantizes each such matrix a tile of rows at
+a time (``PREFILL_TILE`` weights, fp16 or float32 after ``PREFILL``) into a reused scratch buffer
+and multiplies the tile with cuBLAS; a shorter one runs ``gemm_few_<kind>``, dequantizing in
+registers as decode does.
 Which kernel a product runs is decided once, at upload, by the weight's class: the model code
 calls ``matmul``/``gemv`` and never asks. (Not yet measured on a GPU: see benchmarks/gpu_session.sh.)
 
@@ -79,6 +81,10 @@ PACKED_BLOCKS = {**{k: QUANT_TYPES[g][:2] for g, k in GGUF_KINDS.items()}, "int8
 #: weights of a packed matrix dequantized at a time in a prefill: 32 MB of fp16, 64 MB of float32
 #: scratch, reused (Llama 3 8B's output head, 525 M weights, is 32 tiles)
 PREFILL_TILE = 1 << 24
+#: up to this many tokens a product runs ``gemm_few_<kind>`` (each warp a row, the row read from
+#: memory once and from cache for the other tokens) rather than cuBLAS on a dequantized or fp16
+#: copy of the whole matrix, which costs more than the product itself for a short prompt
+FEW_TOKENS = 8
 
 
 def _cp():
@@ -186,6 +192,15 @@ class _RowKernels:
             kernel("gemv_norm_" + self.kind)(grid, (BLOCK,), (*self._packed(), x, g, y, i32(rows), i32(n),
                                                               np.float32(eps)))
 
+    def gemm_few(self, x2):
+        """x2 @ W.T for a few tokens (T <= FEW_TOKENS): x2 (T, in) float32 -> (T, out) float32."""
+        cp = _cp()
+        rows, n = self.shape
+        y = cp.empty((x2.shape[0], rows), dtype=cp.float32)
+        kernel("gemm_few_" + self.kind)(_grid(rows * 32), (BLOCK,), (
+            *self._packed(), x2, y, np.int32(rows), np.int32(n), np.int32(x2.shape[0])))
+        return y
+
     def gemv_swiglu(self, x, a, norm, scratch=None) -> None:
         """a = silu(gate) * up, where [gate; up] = W @ rms_norm(x, g, eps), ``norm=(g, eps)``: W is
         w1 over w3 (model.FUSED's w13), a (out/2,). One kernel: each warp computes a row of gate and
@@ -198,8 +213,8 @@ class _RowKernels:
 
 class DeviceWeight(_RowKernels):
     """A (out, in) matrix on the GPU, stored as ``kind`` = "bf16" (raw uint16 bits), "f16" or
-    "f32". ``matmul(x)`` = x @ W.T in float32: a ``gemv_*`` kernel for one token, cuBLAS for many
-    (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
+    "f32". ``matmul(x)`` = x @ W.T in float32: ``gemm_few_*`` for up to FEW_TOKENS tokens, cuBLAS
+    for more (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
     is_packed = True
 
     def __init__(self, data, kind: str):
@@ -241,9 +256,8 @@ class DeviceWeight(_RowKernels):
         cp = _cp()
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         x2 = x.reshape(-1, x.shape[-1])
-        if x2.shape[0] == 1 and self.data.shape[1] % 8 == 0:
-            y = cp.empty((1, self.data.shape[0]), dtype=cp.float32)
-            self.gemv(x2[0], y[0])
+        if x2.shape[0] <= FEW_TOKENS and self.data.shape[1] % 8 == 0:    # decode, a short prompt
+            y = self.gemm_few(x2)
         elif self.kind != "f32" and _prefill_mode() == "fp16":   # many tokens: tensor cores
             y = (x2.astype(cp.float16) @ self.half().T).astype(cp.float32)
         else:     # many tokens, exact: cuBLAS on a float32 copy of W
@@ -329,16 +343,15 @@ class PackedDeviceWeight(_RowKernels):
         return out
 
     def matmul(self, x):
-        """x @ W.T in float32: the gemv kernel for one token; for many, tiles of PREFILL_TILE
-        weights dequantized (fp16 for the tensor cores, or float32: ``PREFILL``) and cuBLAS."""
+        """x @ W.T in float32: ``gemm_few`` for up to FEW_TOKENS tokens; for more, tiles of
+        PREFILL_TILE weights dequantized (fp16 for the tensor cores, or float32: ``PREFILL``) and cuBLAS."""
         cp = _cp()
         x = cp.ascontiguousarray(x, dtype=cp.float32)
         x2 = x.reshape(-1, x.shape[-1])
         rows, n = self.shape
+        if x2.shape[0] <= FEW_TOKENS:             # decode, a short prompt: no dequantized copy
+            return self.gemm_few(x2).reshape(*x.shape[:-1], rows)
         y = cp.empty((x2.shape[0], rows), dtype=cp.float32)
-        if x2.shape[0] == 1:
-            self.gemv(x2[0], y[0])
-            return y.reshape(*x.shape[:-1], rows)
         half = _prefill_mode() == "fp16"
         xh = x2.astype(cp.float16) if half else x2
         tile = max(1, min(rows, PREFILL_TILE // n))

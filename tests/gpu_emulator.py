@@ -375,8 +375,22 @@ for _kind, _dot in PACKED_DOTS.items():
     KERNELS[f"gemv_norm_{_kind}"] = _gemv_norm_packed(_dot)
     KERNELS[f"dequant_{_kind}_f32"] = _dequant(DEQUANTS[_kind], False)
     KERNELS[f"dequant_{_kind}_f16"] = _dequant(DEQUANTS[_kind], True)
+def _gemm_few(gemv):
+    """GEMV_KERNELS' gemm_few_<kind>(*data, X, Y, rows, n, T): Y[t] = W @ X[t], by the kind's gemv."""
+    def run(*args):
+        *data, X, Y, rows, n, T = args
+        T, rows, n = int(T), int(rows), int(n)
+        assert X.size == T * n and Y.size == T * rows, (X.shape, Y.shape, T, rows, n)
+        for t in range(T):
+            y = np.zeros(rows, np.float32)
+            gemv(*data, X.reshape(T, n)[t], y, np.int32(rows), np.int32(n), np.int32(0))
+            Y.reshape(T, rows)[t] = y
+    return run
+
+
 for _kind in ("bf16", "f16", "f32", "int8", *PACKED_DOTS):
     KERNELS[f"gemv_norm_swiglu_{_kind}"] = _gemv_norm_swiglu(KERNELS[f"gemv_norm_{_kind}"])
+    KERNELS[f"gemm_few_{_kind}"] = _gemm_few(KERNELS[f"gemv_{_kind}"])
 
 
 def check_launch(name: str, grid, block, args, shared_mem: int) -> None:

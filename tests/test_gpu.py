@@ -114,6 +114,29 @@ def test_gemv_norm_kernels(kind, rows, n):
     np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bf16", "f16", "f32", "int8", "q8_0", "q4_k", "q6_k"])
+@pytest.mark.parametrize("T,rows,n", [(2, 37, 512), (8, 300, 4096), (5, 3, 14336)])
+def test_gemm_few_kernels(kind, T, rows, n):
+    """A few tokens through one weight read (a short prefill) vs the float64 product of the same
+    weights, within float32 summation rounding (emu.assert_fp32_sum), every token."""
+    from llama_np.weights import quants
+    from llama_np.weights.packed import quantize_int8
+    if kind in emu.PACKED_DOTS:
+        W = emu.random_gguf(kind.upper(), rows, n, seed=T)
+        data, w32 = (W.data,), quants.dequantize(W.data, kind.upper())
+    elif kind == "int8":
+        data = quantize_int8(rng.standard_normal((rows, n), dtype=np.float32))
+        w32 = data[0].astype(np.float32) * data[1][:, None]
+    else:
+        data = (gpu._to_bits(rng.standard_normal((rows, n), dtype=np.float32) / np.float32(np.sqrt(n)), kind)[0],)
+        w32 = emu._widen(kind, data[0])
+    X = rng.standard_normal((T, n), dtype=np.float32)
+    args = (*data, X, np.full((T, rows), np.nan, np.float32), np.int32(rows), np.int32(n), np.int32(T))
+    (Y,) = run(f"gemm_few_{kind}", gpu._grid(rows * 32), (gpu.BLOCK,), args, [len(data) + 1])
+    for t in range(T):
+        emu.assert_fp32_sum(Y[t], w32, X[t])
+
+
 @pytest.mark.parametrize("n", [1, 1000, 128256])
 def test_argmax_next_kernel(n):
     """The first of equal maxima, as NumPy's argmax; state and the token log move on by one."""

@@ -392,7 +392,7 @@ def test_unknown_prefill_mode_is_one_line(fp16_prefill):
     cfg, w = config("tied"), make_weights("tied")
     gpu.PREFILL = "tf32"
     with pytest.raises(ValueError, match="unknown GPU prefill mode 'tf32'.*use fp16 or float32") as e:
-        forward(gpu.upload(w, cfg, "bf16"), cfg, [1, 2, 3])
+        forward(gpu.upload(w, cfg, "bf16"), cfg, list(range(1, gpu.FEW_TOKENS + 2)))   # past gemm_few
     assert "\n" not in str(e.value)
 
 
@@ -537,7 +537,7 @@ def test_packed_prefill_tiles_and_fp16(fp16_prefill, monkeypatch):
     the same product; the fp16 prefill stays within its bound of the exact one."""
     W = random_gguf("Q4_K", 40, 512, seed=5)
     dw = gpu.PackedDeviceWeight(W.data, "q4_k", 512)
-    x = np.random.default_rng(6).standard_normal((5, 512), dtype=np.float32)
+    x = np.random.default_rng(6).standard_normal((gpu.FEW_TOKENS + 3, 512), dtype=np.float32)   # past gemm_few
     ref = x @ quants.dequantize(W.data, "Q4_K").T
     gpu.PREFILL = "float32"
     monkeypatch.setattr(gpu, "PREFILL_TILE", 512 * 7)      # 7 rows a tile: 6 tiles, the last of 5 rows
@@ -637,3 +637,27 @@ def test_lesson_11_counts_the_kernels_the_decoder_launches(rec):
     dec = gpu.Decoder(gpu.upload(w, cfg, "bf16"), cfg, max_len=16)
     per_layer = (len(dec.launches()) - 2) // cfg.n_layers         # minus the embedding and the head
     assert sum(fused.values()) == per_layer == len(fused), (fused, per_layer)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 8])
+def test_a_few_tokens_take_gemm_few_without_a_dequantized_copy(rec, monkeypatch, T):
+    """Up to FEW_TOKENS tokens, packed and 16-bit weights multiply in one gemm_few_<kind> launch
+    (no dequantize tile, no fp16 copy of the matrix), equal to the float64 product within float32
+    rounding; one token more goes to the tiles."""
+    names = []
+    real = gpu.kernel
+    monkeypatch.setattr(gpu, "kernel", lambda name: (names.append(name), real(name))[1])
+    rng = np.random.default_rng(T)
+    W = random_gguf("Q6_K", 24, 512, seed=T)
+    w16 = gpu._to_bits(rng.standard_normal((24, 512), dtype=np.float32) * 0.05, "bf16")[0]
+    x = rng.standard_normal((T, 512), dtype=np.float32)
+    for dw, dense in ((gpu.PackedDeviceWeight(W.data, "q6_k", 512), quants.dequantize(W.data, "Q6_K")),
+                      (gpu.DeviceWeight(w16, "bf16"), gpu_emulator._widen("bf16", w16))):
+        names.clear()
+        y = dw.matmul(x)
+        assert names == [f"gemm_few_{dw.kind}"], names
+        ref = x.astype(np.float64) @ dense.T.astype(np.float64)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    names.clear()
+    gpu.PackedDeviceWeight(W.data, "q6_k", 512).matmul(np.zeros((gpu.FEW_TOKENS + 1, 512), np.float32))
+    assert "gemm_few_q6_k" not in names and "dequant_q6_k_f32" in names

@@ -10,12 +10,13 @@
 |                  | sum, and GEMV_KERNELS: the one-warp-a-row skeleton of every    |
 |                  | matrix-vector kernel, given a weight format's inner loop       |
 | ``gemv.cu``      | ``gemv_{bf16,f16,f32}``, ``gemv_norm_*`` (RMSNorm fused in),   |
-|                  | ``gemv_norm_swiglu_*`` (and SwiGLU: [w1; w3] -> silu(g) * u)   |
-| ``gemv_q8_0.cu`` | GGUF Q8_0 kept packed: the same three, and                     |
+|                  | ``gemv_norm_swiglu_*`` (and SwiGLU: [w1; w3] -> silu(g) * u),  |
+|                  | ``gemm_few_*`` (a few tokens: a short prefill)                 |
+| ``gemv_q8_0.cu`` | GGUF Q8_0 kept packed: the same four, and                      |
 |                  | ``dequant_q8_0_{f32,f16}`` (embedding rows, prefill tiles)     |
-| ``gemv_q4_k.cu`` | the same five for GGUF Q4_K                                    |
-| ``gemv_q6_k.cu`` | the same five for GGUF Q6_K                                    |
-| ``gemv_int8.cu`` | the same five for llama_np's int8 (codes + a scale per row)    |
+| ``gemv_q4_k.cu`` | the same six for GGUF Q4_K                                     |
+| ``gemv_q6_k.cu`` | the same six for GGUF Q6_K                                     |
+| ``gemv_int8.cu`` | the same six for llama_np's int8 (codes + a scale per row)     |
 | ``widen.cu``     | ``widen_{bf16,f16}``, ``bf16_to_f16``: for the prefill         |
 | ``rmsnorm.cu``   | ``rms_norm``                                                   |
 | ``embed.cu``     | ``embed_{bf16,f16,f32}``: the token's embedding row            |
@@ -60,12 +61,12 @@ def module_source() -> str:
 
 def kernel_names(src: str) -> set[str]:
     """Names of the __global__ functions in CUDA source: those written out, three made by each
-    EMBED(name, ...) in embed.cu, and three by each GEMV_KERNELS(kind, ...) of dtypes.cuh
-    (gemv_kind, gemv_norm_kind, gemv_norm_swiglu_kind); not the macros' own templates."""
+    EMBED(name, ...) in embed.cu, and four by each GEMV_KERNELS(kind, ...) of dtypes.cuh
+    (gemv_kind, gemv_norm_kind, gemv_norm_swiglu_kind, gemm_few_kind); not the macros' templates."""
     names = {n for n in re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', src) if "NAME" not in n}
     names |= set(re.findall(r"^EMBED\((\w+),", src, re.M))
     for kind in re.findall(r"^GEMV_KERNELS\((\w+),", src, re.M):
-        names |= {f"gemv_{kind}", f"gemv_norm_{kind}", f"gemv_norm_swiglu_{kind}"}
+        names |= {f"gemv_{kind}", f"gemv_norm_{kind}", f"gemv_norm_swiglu_{kind}", f"gemm_few_{kind}"}
     return names
 
 

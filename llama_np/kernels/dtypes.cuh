@@ -84,10 +84,26 @@ __device__ __forceinline__ void gemv_norm_swiglu_rows(const M& m, const float* x
     if (lane == 0) a[j] = gate / (1.0f + expf(-gate)) * up;
 }
 
-// The three kernels of a weight format NAME, whose data pointers are PARAMS and whose struct is
+// Y[t, r] = sum_j W[r, j] X[t, j] for a few tokens t < T (a short prompt, a chat turn: the Decoder's
+// prefill runs the model code, whose products then come here for T <= gpu.FEW_TOKENS). Warp r
+// reads its row from memory for the first token; for the others it reads it again from L1/L2,
+// where it has just been. So memory traffic stays one read of the packed or 16-bit weights, where
+// dequantizing them into a tile for cuBLAS writes and reads every weight again as fp16.
+template <class M>
+__device__ __forceinline__ void gemm_few_rows(const M& m, const float* X, float* Y, int rows, int T) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    for (int t = 0; t < T; ++t) {
+        float acc = row_dot<M, false>(m, row, lane, X + (size_t)t * m.n, nullptr, 0.f);
+        if (lane == 0) Y[(size_t)t * rows + row] = acc;
+    }
+}
+
+// The four kernels of a weight format NAME, whose data pointers are PARAMS and whose struct is
 // made by MAKE (both in parentheses; n, the row length, is in scope for MAKE):
 //   gemv_NAME(PARAMS, x, y, rows, n, accumulate), gemv_norm_NAME(PARAMS, x, g, y, rows, n, eps),
-//   gemv_norm_swiglu_NAME(PARAMS, x, g, a, F, n, eps)   (F = rows / 2: a's length)
+//   gemv_norm_swiglu_NAME(PARAMS, x, g, a, F, n, eps)   (F = rows / 2: a's length),
+//   gemm_few_NAME(PARAMS, X, Y, rows, n, T)             (X: (T, n), Y: (T, rows))
 #define LLAMA_NP_UNPAREN(...) __VA_ARGS__
 #define GEMV_KERNELS(NAME, PARAMS, MAKE)                                                                  \
 extern "C" __global__ void gemv_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, float* y, int rows, int n,  \
@@ -101,6 +117,10 @@ extern "C" __global__ void gemv_norm_##NAME(LLAMA_NP_UNPAREN PARAMS, const float
 extern "C" __global__ void gemv_norm_swiglu_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* x, const float* g, \
                                                    float* a, int F, int n, float eps) {                   \
     gemv_norm_swiglu_rows(LLAMA_NP_UNPAREN MAKE, x, g, a, F, eps);                                        \
+}                                                                                                         \
+extern "C" __global__ void gemm_few_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* X, float* Y, int rows,    \
+                                           int n, int T) {                                                \
+    gemm_few_rows(LLAMA_NP_UNPAREN MAKE, X, Y, rows, T);                                                  \
 }
 
 #endif
