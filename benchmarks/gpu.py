@@ -172,6 +172,29 @@ def time_model_code_decode(params, cfg, prompt, n_new: int) -> float:
     return 1.0 / float(np.median(steps))
 
 
+def time_short_prefill(params, cfg, prompt, reps: int = 3) -> dict:
+    """Milliseconds of a short prefill (len(prompt) <= gpu.FEW_TOKENS) through the model code, with
+    gemm_few (the weights read once, dequantized in registers) and, for comparison, with the
+    long-prompt path (dequantized tiles and cuBLAS): the best of ``reps`` runs each."""
+    from llama_np import gpu
+    cp = use("gpu")
+    out = {}
+    for label, few in (("gemm_few", gpu.FEW_TOKENS), ("tiles + cuBLAS", 0)):
+        saved, gpu.FEW_TOKENS = gpu.FEW_TOKENS, few
+        try:
+            best = float("inf")
+            for _ in range(reps + 1):                # the first run compiles and allocates
+                cp.cuda.Device().synchronize()
+                t = time.perf_counter()
+                forward(params, cfg, prompt, last_only=True)
+                cp.cuda.Device().synchronize()
+                best = min(best, time.perf_counter() - t)
+            out[label] = 1e3 * best
+        finally:
+            gpu.FEW_TOKENS = saved
+    return out
+
+
 def profile_step(dec, reps: int = 64) -> dict:
     """GPU time of each kind of launch in the Decoder's step. Each kind is timed as a CUDA graph of
     ``reps`` launches cycling through its instances (one per layer), so neither launch gaps nor the
@@ -510,6 +533,8 @@ def main(argv=None) -> int:
             p(f"  CuPy's memory pool holds {used / 1e9:.2f} GB (weights, KV cache for "
               f"{args.prompt_tokens + args.new_tokens + 8} positions, the prefill's scratch tile)")
             diagnose_step(dec, r, t["decode_tok_s"])
+            r["short_prefill_ms"] = time_short_prefill(params, cfg, prompt[:gpu.FEW_TOKENS])
+            p("  an 8-token prefill (model code): " + ", ".join(f"{k} {v:.1f} ms" for k, v in r["short_prefill_ms"].items()))
             del dec, params
             pool.free_all_blocks()
             return r

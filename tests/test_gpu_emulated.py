@@ -225,6 +225,7 @@ def test_gpu_benchmark_script_runs(rec, monkeypatch, capsys):
     assert "decode step by kernel" in out and "gemv w13 swiglu" in out and "attention" in out   # the profile
     assert "SmolLM2-135M, bf16" in out and "5 a layer" in out
     assert "Q4_K_M, packed" in out and "llama_np Q4_K_M (greedy)" in out and "logits finite: True" in out
+    assert "an 8-token prefill (model code): gemm_few" in out and "tiles + cuBLAS" in out
     pytest.importorskip("transformers")    # the peer's loop, on the CPU at a tiny shape
     cfg = bench.ModelConfig(**bench.TINY)
     t = bench.transformers_eager(cfg, list(range(1, 17)), 3, device="cpu")
