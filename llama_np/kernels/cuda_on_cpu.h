@@ -209,7 +209,7 @@ inline std::string run_block(int n) {
             if (waiting == 0) continue;
             if (waiting != 32)
                 return "warp " + std::to_string(w) + ": a shuffle reached by " + std::to_string(waiting) +
-                       " of 32 lanes (the others returned or wait at __syncthreads)";
+                       " of 32 lanes (the full mask 0xffffffff needs all 32: inside an if?)";
             for (int t = lo + 1; t < hi; ++t)
                 if (fibers[t].shuffles != fibers[lo].shuffles) return "warp " + std::to_string(w) + ": lanes at different shuffles";
             for (int t = lo; t < hi; ++t) fibers[t].state = RUNNING;
@@ -219,7 +219,7 @@ inline std::string run_block(int n) {
         if (barrier) {
             if (barrier + done == n && done)
                 return std::to_string(done) + " threads returned before a __syncthreads the other " +
-                       std::to_string(barrier) + " wait at";
+                       std::to_string(barrier) + " wait at (inside an if, or after a return?)";
             if (barrier != n) return "deadlock: " + std::to_string(barrier) + " threads at __syncthreads";
             for (int t = 0; t < n; ++t) fibers[t].state = RUNNING;
             continue;
