@@ -534,7 +534,8 @@ def main(argv=None) -> int:
               f"{args.prompt_tokens + args.new_tokens + 8} positions, the prefill's scratch tile)")
             diagnose_step(dec, r, t["decode_tok_s"])
             r["short_prefill_ms"] = time_short_prefill(params, cfg, prompt[:gpu.FEW_TOKENS])
-            p("  an 8-token prefill (model code): " + ", ".join(f"{k} {v:.1f} ms" for k, v in r["short_prefill_ms"].items()))
+            p("  an 8-token prefill (model code): "
+              + ", ".join(f"{k} {v:.1f} ms" for k, v in r["short_prefill_ms"].items()))
             del dec, params
             pool.free_all_blocks()
             return r

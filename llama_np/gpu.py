@@ -176,8 +176,9 @@ def device_bandwidth(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
 
 # -------------------------------------------------------------------------- device weights
 class _RowKernels:
-    """The three decode products of a weight on the GPU, one warp a row (GEMV_KERNELS in
-    llama_np/kernels/dtypes.cuh): ``gemv_<kind>``, ``gemv_norm_<kind>``, ``gemv_norm_swiglu_<kind>``.
+    """The products of a weight on the GPU that run one warp a row (GEMV_KERNELS in
+    llama_np/kernels/dtypes.cuh): ``gemv_<kind>`` and ``gemv_norm_<kind>`` (decode),
+    ``gemv_norm_swiglu_<kind>`` (decode's w13) and ``gemm_few_<kind>`` (up to FEW_TOKENS tokens).
     A subclass has ``kind``, ``shape`` and ``_packed()``, the kernels' first arguments."""
 
     def gemv(self, x, y, accumulate: bool = False, norm=None) -> None:
@@ -214,7 +215,8 @@ class _RowKernels:
 class DeviceWeight(_RowKernels):
     """A (out, in) matrix on the GPU, stored as ``kind`` = "bf16" (raw uint16 bits), "f16" or
     "f32". ``matmul(x)`` = x @ W.T in float32: ``gemm_few_*`` for up to FEW_TOKENS tokens, cuBLAS
-    for more (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in float32 (the embedding lookup)."""
+    for more (fp16 on tensor cores, or widened to float32: ``PREFILL``). ``rows(ids)`` = W[ids] in
+    float32 (the embedding lookup)."""
     is_packed = True
 
     def __init__(self, data, kind: str):
@@ -293,9 +295,9 @@ class PackedDeviceWeight(_RowKernels):
     """A (out, in) matrix on the GPU kept as it was stored: ``kind`` "q8_0", "q4_k" or "q6_k"
     (GGUF blocks, ``data`` (out, bytes a row) uint8, the file's own bytes) or "int8" (``data``
     (out, in) int8 codes and ``scales`` (out,) float32). Same interface as ``DeviceWeight``:
-    ``gemv`` and ``gemv_swiglu`` run ``gemv_<kind>`` and its variants (dequantized in registers), ``matmul`` of many tokens
-    dequantizes tiles of rows into a scratch buffer for cuBLAS, ``rows`` and ``embed_launch``
-    dequantize single rows (``dequant_<kind>_f32``)."""
+    ``gemv``, ``gemv_swiglu`` and ``gemm_few`` dequantize in registers; ``matmul`` of more than
+    FEW_TOKENS tokens dequantizes tiles of rows into a scratch buffer for cuBLAS; ``rows`` and
+    ``embed_launch`` dequantize single rows (``dequant_<kind>_f32``)."""
     is_packed = True
 
     def __init__(self, data, kind: str, n_in: int, scales=None):

@@ -156,7 +156,8 @@ def test_rms_norm_kernel(T, dim):
     np.testing.assert_allclose(out, rms_norm(x, w, 1e-5), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("H,KV,hd,pos", [(8, 2, 64, 0), (32, 8, 128, 300), (9, 3, 64, 17), (4, 2, 8, 5), (6, 6, 16, 319)])
+@pytest.mark.parametrize("H,KV,hd,pos", [(8, 2, 64, 0), (32, 8, 128, 300), (9, 3, 64, 17), (4, 2, 8, 5),
+                                         (6, 6, 16, 319)])
 def test_attention_kernel(H, KV, hd, pos):
     """attn_decode (RoPE, the new key and value into the cache, split-key attention, the last
     block's merge) vs its emulation, for three steps in a row: the counters the last block resets

@@ -136,7 +136,8 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* cos_t, con
     for (int p = 0; p < n_parts; ++p) L += __ldcg(l + p) * expf(__ldcg(m + p) - M);
     for (int d = tid; d < hd; d += blockDim.x) {
         float a = 0.f;
-        for (int p = 0; p < n_parts; ++p) a += __ldcg(pacc + ((size_t)h * n_parts + p) * hd + d) * expf(__ldcg(m + p) - M);
+        for (int p = 0; p < n_parts; ++p)
+            a += __ldcg(pacc + ((size_t)h * n_parts + p) * hd + d) * expf(__ldcg(m + p) - M);
         out[(size_t)h * hd + d] = a / L;
     }
     if (tid == 0) done[h] = 0;
