@@ -61,12 +61,15 @@ def module_source() -> str:
 
 def kernel_names(src: str) -> set[str]:
     """Names of the __global__ functions in CUDA source: those written out, three made by each
-    EMBED(name, ...) in embed.cu, and four by each GEMV_KERNELS(kind, ...) of dtypes.cuh
-    (gemv_kind, gemv_norm_kind, gemv_norm_swiglu_kind, gemm_few_kind); not the macros' templates."""
+    EMBED(name, ...) in embed.cu, four by each GEMV_KERNELS(kind, ...) of dtypes.cuh (gemv_kind,
+    gemv_norm_kind, gemv_norm_swiglu_kind, gemm_few_kind) and two by each DEQUANT_KERNELS(kind, ...)
+    (dequant_kind_f32, dequant_kind_f16); not the macros' templates."""
     names = {n for n in re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', src) if "NAME" not in n}
     names |= set(re.findall(r"^EMBED\((\w+),", src, re.M))
     for kind in re.findall(r"^GEMV_KERNELS\((\w+),", src, re.M):
         names |= {f"gemv_{kind}", f"gemv_norm_{kind}", f"gemv_norm_swiglu_{kind}", f"gemm_few_{kind}"}
+    for kind in re.findall(r"^DEQUANT_KERNELS\((\w+),", src, re.M):
+        names |= {f"dequant_{kind}_f32", f"dequant_{kind}_f16"}
     return names
 
 

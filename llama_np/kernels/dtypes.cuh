@@ -99,6 +99,21 @@ __device__ __forceinline__ void gemm_few_rows(const M& m, const float* X, float*
     }
 }
 
+// out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one thread a
+// weight: the embedding lookup (ids = the decoder's state: state[0] is the token) and a long
+// prefill's tiles (ids = the rows of the tile, then cuBLAS). A packed format's struct M has
+// ``float weight(size_t row, int j) const``, the float32 operations of quants.py in its order with
+// no fused multiply-add (__fmul_rn, __fsub_rn), so the float32 output equals the NumPy
+// dequantizer's bit for bit.
+template <class M, typename OUT>
+__device__ __forceinline__ void dequant_rows(const M& m, const int* __restrict__ ids, OUT* __restrict__ out,
+                                             int n_rows) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_rows * m.n) return;
+    int r = (int)(i / m.n), j = (int)(i % m.n);
+    store_w(out + i, m.weight((size_t)ids[r], j));
+}
+
 // The four kernels of a weight format NAME, whose data pointers are PARAMS and whose struct is
 // made by MAKE (both in parentheses; n, the row length, is in scope for MAKE):
 //   gemv_NAME(PARAMS, x, y, rows, n, accumulate), gemv_norm_NAME(PARAMS, x, g, y, rows, n, eps),
@@ -121,6 +136,18 @@ extern "C" __global__ void gemv_norm_swiglu_##NAME(LLAMA_NP_UNPAREN PARAMS, cons
 extern "C" __global__ void gemm_few_##NAME(LLAMA_NP_UNPAREN PARAMS, const float* X, float* Y, int rows,    \
                                            int n, int T) {                                                \
     gemm_few_rows(LLAMA_NP_UNPAREN MAKE, X, Y, rows, T);                                                  \
+}
+
+// The two dequantizing kernels of a packed format (PARAMS, MAKE as above):
+//   dequant_NAME_f32(PARAMS, ids, out, n_rows, n), dequant_NAME_f16(PARAMS, ids, out, n_rows, n)
+#define DEQUANT_KERNELS(NAME, PARAMS, MAKE)                                                               \
+extern "C" __global__ void dequant_##NAME##_f32(LLAMA_NP_UNPAREN PARAMS, const int* ids, float* out,       \
+                                                int n_rows, int n) {                                      \
+    dequant_rows(LLAMA_NP_UNPAREN MAKE, ids, out, n_rows);                                                \
+}                                                                                                         \
+extern "C" __global__ void dequant_##NAME##_f16(LLAMA_NP_UNPAREN PARAMS, const int* ids, unsigned short* out, \
+                                                int n_rows, int n) {                                      \
+    dequant_rows(LLAMA_NP_UNPAREN MAKE, ids, out, n_rows);                                                \
 }
 
 #endif

@@ -36,26 +36,10 @@ struct RowsInt8 {
         }
         return acc * s[row];
     }
+    __device__ __forceinline__ float weight(size_t row, int j) const {      // Q * s
+        return __fmul_rn((float)Q[row * n + j], s[row]);
+    }
 };
 
 GEMV_KERNELS(int8, (const signed char* Q, const float* s), (RowsInt8{Q, s, n}))
-
-// out[r, j] = Q[ids[r], j] * s[ids[r]] as float32 or fp16 bits (OUT = float or unsigned short),
-// one thread a weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu).
-template <typename OUT>
-__device__ __forceinline__ void dequant_int8(const signed char* __restrict__ Q, const float* __restrict__ s,
-                                             const int* __restrict__ ids, OUT* __restrict__ out, int n_rows, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n_rows * n) return;
-    int r = (int)(i / n), j = (int)(i % n);
-    size_t row = (size_t)ids[r];
-    store_w(out + i, __fmul_rn((float)Q[row * n + j], s[row]));
-}
-extern "C" __global__ void dequant_int8_f32(const signed char* Q, const float* s, const int* ids, float* out,
-                                            int n_rows, int n) {
-    dequant_int8(Q, s, ids, out, n_rows, n);
-}
-extern "C" __global__ void dequant_int8_f16(const signed char* Q, const float* s, const int* ids,
-                                            unsigned short* out, int n_rows, int n) {
-    dequant_int8(Q, s, ids, out, n_rows, n);
-}
+DEQUANT_KERNELS(int8, (const signed char* Q, const float* s), (RowsInt8{Q, s, n}))

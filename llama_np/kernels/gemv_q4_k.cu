@@ -76,33 +76,17 @@ struct RowsQ4_K {
         }
         return acc;
     }
+    __device__ __forceinline__ float weight(size_t row, int j) const {      // (d * scale) * q - dmin * min
+        const unsigned char* blk = W + (row * (n / 256) + j / 256) * 144;
+        uint4 h = __ldg(reinterpret_cast<const uint4*>(blk));
+        int jj = j % 256, k = jj / 64, hi = (jj % 64) / 32, l = jj % 32;
+        unsigned int byte = blk[16 + 32 * k + l], sc, m;
+        q4_k_scale_min(h.y, h.z, h.w, 2 * k + hi, sc, m);
+        float q = (float)(hi ? byte >> 4 : byte & 15u);
+        float d = f16_to_f32(h.x & 0xffffu), dmin = f16_to_f32(h.x >> 16);
+        return __fsub_rn(__fmul_rn(__fmul_rn(d, (float)sc), q), __fmul_rn(dmin, (float)m));
+    }
 };
 
 GEMV_KERNELS(q4_k, (const unsigned char* W), (RowsQ4_K{W, n}))
-
-// out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one thread a
-// weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu). The float32 operations
-// of quants.py in its order, (d * scale) * q - dmin * min, with no fused multiply-add
-// (__fmul_rn / __fsub_rn), so the float32 output equals the NumPy dequantizer's bit for bit.
-template <typename OUT>
-__device__ __forceinline__ void dequant_q4_k(const unsigned char* __restrict__ W, const int* __restrict__ ids,
-                                             OUT* __restrict__ out, int n_rows, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n_rows * n) return;
-    int r = (int)(i / n), j = (int)(i % n);
-    const unsigned char* blk = W + ((size_t)ids[r] * (n / 256) + j / 256) * 144;
-    uint4 h = __ldg(reinterpret_cast<const uint4*>(blk));
-    int jj = j % 256, k = jj / 64, hi = (jj % 64) / 32, l = jj % 32;
-    unsigned int byte = blk[16 + 32 * k + l], sc, m;
-    q4_k_scale_min(h.y, h.z, h.w, 2 * k + hi, sc, m);
-    float q = (float)(hi ? byte >> 4 : byte & 15u);
-    float d = f16_to_f32(h.x & 0xffffu), dmin = f16_to_f32(h.x >> 16);
-    store_w(out + i, __fsub_rn(__fmul_rn(__fmul_rn(d, (float)sc), q), __fmul_rn(dmin, (float)m)));
-}
-extern "C" __global__ void dequant_q4_k_f32(const unsigned char* W, const int* ids, float* out, int n_rows, int n) {
-    dequant_q4_k(W, ids, out, n_rows, n);
-}
-extern "C" __global__ void dequant_q4_k_f16(const unsigned char* W, const int* ids, unsigned short* out,
-                                            int n_rows, int n) {
-    dequant_q4_k(W, ids, out, n_rows, n);
-}
+DEQUANT_KERNELS(q4_k, (const unsigned char* W), (RowsQ4_K{W, n}))

@@ -63,32 +63,17 @@ struct RowsQ6_K {
         }
         return acc;
     }
+    __device__ __forceinline__ float weight(size_t row, int j) const {      // (d * scale) * (q - 32)
+        const unsigned char* blk = W + (row * (n / 256) + j / 256) * 210;
+        int jj = j % 256, h = jj / 128, quarter = (jj % 128) / 32, l = jj % 32;
+        unsigned int lo = blk[64 * h + 32 * (quarter & 1) + l];
+        unsigned int hi = (blk[128 + 32 * h + l] >> (2 * quarter)) & 3u;
+        int q = (int)((((quarter & 2) ? lo >> 4 : lo) & 15u) | (hi << 4)) - 32;
+        float d = f16_to_f32(ld_u16(blk + 208));
+        float sc = (float)(signed char)blk[192 + 8 * h + 2 * quarter + l / 16];
+        return __fmul_rn(__fmul_rn(d, sc), (float)q);
+    }
 };
 
 GEMV_KERNELS(q6_k, (const unsigned char* W), (RowsQ6_K{W, n}))
-
-// out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one thread a
-// weight: the embedding lookup and the prefill's tiles (see gemv_q8_0.cu). quants.py's float32
-// operations in its order, (d * scale) * (q - 32), so the float32 output is bit for bit the same.
-template <typename OUT>
-__device__ __forceinline__ void dequant_q6_k(const unsigned char* __restrict__ W, const int* __restrict__ ids,
-                                             OUT* __restrict__ out, int n_rows, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n_rows * n) return;
-    int r = (int)(i / n), j = (int)(i % n);
-    const unsigned char* blk = W + ((size_t)ids[r] * (n / 256) + j / 256) * 210;
-    int jj = j % 256, h = jj / 128, quarter = (jj % 128) / 32, l = jj % 32;
-    unsigned int lo = blk[64 * h + 32 * (quarter & 1) + l];
-    unsigned int hi = (blk[128 + 32 * h + l] >> (2 * quarter)) & 3u;
-    int q = (int)((((quarter & 2) ? lo >> 4 : lo) & 15u) | (hi << 4)) - 32;
-    float d = f16_to_f32(ld_u16(blk + 208));
-    float sc = (float)(signed char)blk[192 + 8 * h + 2 * quarter + l / 16];
-    store_w(out + i, __fmul_rn(__fmul_rn(d, sc), (float)q));
-}
-extern "C" __global__ void dequant_q6_k_f32(const unsigned char* W, const int* ids, float* out, int n_rows, int n) {
-    dequant_q6_k(W, ids, out, n_rows, n);
-}
-extern "C" __global__ void dequant_q6_k_f16(const unsigned char* W, const int* ids, unsigned short* out,
-                                            int n_rows, int n) {
-    dequant_q6_k(W, ids, out, n_rows, n);
-}
+DEQUANT_KERNELS(q6_k, (const unsigned char* W), (RowsQ6_K{W, n}))

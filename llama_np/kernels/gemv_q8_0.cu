@@ -38,28 +38,11 @@ struct RowsQ8_0 {
         }
         return acc;
     }
+    __device__ __forceinline__ float weight(size_t row, int j) const {      // d * q
+        const unsigned char* blk = W + (row * (n / 32) + j / 32) * 34;
+        return __fmul_rn(f16_to_f32(ld_u16(blk)), (float)(signed char)blk[2 + j % 32]);
+    }
 };
 
 GEMV_KERNELS(q8_0, (const unsigned char* W), (RowsQ8_0{W, n}))
-
-// out[r, j] = W[ids[r], j] as float32 or fp16 bits (OUT = float or unsigned short), one
-// thread a weight. The embedding lookup (ids = the decoder's state: state[0] is the token) and the
-// prefill's tiles (ids = the rows of the tile, then cuBLAS). The same float32 operation as
-// quants.py (d * q), so the float32 output equals the NumPy dequantizer's bit for bit.
-template <typename OUT>
-__device__ __forceinline__ void dequant_q8_0(const unsigned char* __restrict__ W, const int* __restrict__ ids,
-                                             OUT* __restrict__ out, int n_rows, int n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n_rows * n) return;
-    int r = (int)(i / n), j = (int)(i % n);
-    const unsigned char* blk = W + ((size_t)ids[r] * (n / 32) + j / 32) * 34;
-    float w = __fmul_rn(f16_to_f32(ld_u16(blk)), (float)(signed char)blk[2 + j % 32]);
-    store_w(out + i, w);
-}
-extern "C" __global__ void dequant_q8_0_f32(const unsigned char* W, const int* ids, float* out, int n_rows, int n) {
-    dequant_q8_0(W, ids, out, n_rows, n);
-}
-extern "C" __global__ void dequant_q8_0_f16(const unsigned char* W, const int* ids, unsigned short* out,
-                                            int n_rows, int n) {
-    dequant_q8_0(W, ids, out, n_rows, n);
-}
+DEQUANT_KERNELS(q8_0, (const unsigned char* W), (RowsQ8_0{W, n}))
