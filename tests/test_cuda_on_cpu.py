@@ -20,6 +20,10 @@ extern "C" __global__ void writes_past_end(float* y, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i <= n) y[i] = 1.f;                        // one too many
 }
+extern "C" __global__ void copies_one_too_many(const float* x, int n, float* y) {
+    int i = threadIdx.x;
+    if (i <= n) y[i] = 2.f;
+}
 extern "C" __global__ void half_warp_shuffle(float* y) {
     if ((threadIdx.x & 31) < 16) y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
 }
@@ -54,6 +58,8 @@ def test_a_write_past_an_array_is_caught():
     with pytest.raises(CudaOnCpuError, match="wrote outside array argument 0"):
         small("writes_past_end", np.zeros(64, np.float32), np.int32(64), grid=(2,))
     small("writes_past_end", np.zeros(65, np.float32), np.int32(64), grid=(2,))
+    with pytest.raises(CudaOnCpuError, match="outside array argument 2"):      # the argument's position
+        small("copies_one_too_many", np.zeros(64, np.float32), np.int32(32), np.zeros(32, np.float32))
 
 
 def test_a_shuffle_or_barrier_that_some_threads_skip_is_caught():

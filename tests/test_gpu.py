@@ -40,7 +40,7 @@ except DeviceError as e:
     if cuda_on_cpu.unavailable():
         pytest.skip(f"no usable CUDA GPU here ({e}), and {cuda_on_cpu.unavailable()}; this file runs on a GPU "
                     f"machine (see benchmarks/gpu_session.sh)", allow_module_level=True)
-    ON_GPU, NO_GPU = False, str(e)
+    ON_GPU = False
     _rec = emu.Recorder()
     cp = emu.fake_cupy(_rec)
 finally:

@@ -175,6 +175,7 @@ def _compile(cuda_source: str):
     return so
 
 
+@functools.lru_cache(maxsize=None)
 def signature(name: str, lib=None) -> str:
     """One letter an argument of kernel ``name``: p pointer, i int, l long long, f float."""
     buf = ctypes.create_string_buffer(256)
@@ -198,7 +199,7 @@ def launch(name: str, grid, block, shared_mem: int, *args, seed: int = 0, lib=No
         for b in arrays[i + 1:]:
             if np.shares_memory(a, b):
                 raise CudaOnCpuError(f"{name}: two array arguments overlap (not supported here)")
-    keep, guarded, values = [], [], []
+    keep, guarded = [], []
     for i, (code, a) in enumerate(zip(sig, args)):
         if code == "p":
             if not isinstance(a, np.ndarray):
@@ -211,7 +212,7 @@ def launch(name: str, grid, block, shared_mem: int, *args, seed: int = 0, lib=No
             shift = (-buf.ctypes.data) % 16
             start = shift + off
             buf[start:start + a.nbytes] = a.reshape(-1).view(np.uint8)
-            guarded.append((a, buf, start))
+            guarded.append((i, a, buf, start))
             v = ctypes.c_void_p(buf.ctypes.data + start)
         else:
             if code not in _SCALARS:
@@ -221,18 +222,17 @@ def launch(name: str, grid, block, shared_mem: int, *args, seed: int = 0, lib=No
                 raise CudaOnCpuError(f"{name}: argument {i} must be a NumPy {np.dtype(want).name}, got "
                                      f"{getattr(a, 'dtype', type(a).__name__)} (CuPy would pass it wrongly)")
             v = ctype(a.item())
-        keep.append(v)
-        values.append(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p))
-    argv = (ctypes.c_void_p * len(values))(*[v.value for v in values])
+        keep.append(v)                 # alive until the launch returns: argv points at it
+    argv = (ctypes.c_void_p * len(keep))(*[ctypes.addressof(v) for v in keep])
     grid = tuple(grid) + (1,) * (3 - len(grid))
     block = tuple(block) + (1,) * (3 - len(block))
     err = ctypes.create_string_buffer(512)
     rc = lib.cpu_launch(name.encode(), *[ctypes.c_uint(int(g)) for g in grid],
-                               *[ctypes.c_uint(int(b)) for b in block], ctypes.c_ulong(int(shared_mem)),
-                               argv, ctypes.c_uint(seed), err, 512)
+                        *[ctypes.c_uint(int(b)) for b in block], ctypes.c_ulong(int(shared_mem)),
+                        argv, ctypes.c_uint(seed), err, 512)
     if rc:
         raise CudaOnCpuError(f"{name}: {err.value.decode()}")
-    for i, (a, buf, start) in enumerate(guarded):
+    for i, a, buf, start in guarded:
         n = a.nbytes
         if (buf[:start] != 0xFF).any() or (buf[start + n:] != 0xFF).any():
             raise CudaOnCpuError(f"{name}: wrote outside array argument {i} ({a.dtype}, {a.shape})")
