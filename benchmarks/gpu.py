@@ -362,6 +362,24 @@ def transformers_eager(cfg, prompt, n_new: int, device: str = "cuda") -> dict:
     return res
 
 
+def decode_limit_of(params, cfg, bw: float, positions: float) -> dict:
+    """What a decode token reads and the speed limit that sets: the weights once (the CPU bench's
+    count: device weights have nbytes) and the float32 KV cache of ``positions`` positions (the
+    decode's mean), at ``bw`` bytes/s."""
+    wb = weight_bytes_per_token(params, cfg)
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * positions
+    return dict(bandwidth_GBs=bw / 1e9, weight_GB_per_token=wb / 1e9, kv_GB_per_token=kv / 1e9,
+                limit_tok_s=bw / (wb + kv))
+
+
+def summary_rows(r: dict, labels) -> None:
+    """One SUMMARY line for each (key, label) whose run is in ``r``."""
+    for k, label in labels:
+        if isinstance(r.get(k), dict):
+            p(f"  {label:26s} prefill {r[k]['prefill_tok_s']:8.0f} tok/s  decode {r[k]['decode_tok_s']:7.1f} tok/s"
+              f"  ({r[k]['pct_of_limit']:.0f}% of the limit)")
+
+
 def stage(name, results, fn):
     p(f"\n== {name}")
     t = time.perf_counter()
@@ -416,12 +434,9 @@ def main(argv=None) -> int:
         ids = np.random.default_rng(1).integers(m, cfg.vocab_size - m, 48).tolist()
         r = {"source": source, "logits": compare(params, cfg, ids[:32], ids[32:48], dtypes=("float32", "bf16"))}
         dev = gpu.upload(params, cfg, "bf16")
-        bw, wb = gpu.device_bandwidth(), weight_bytes_per_token(dev, cfg)
-        kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * (args.prompt_tokens + args.new_tokens / 2)
-        r.update(bandwidth_GBs=bw / 1e9, weight_GB_per_token=wb / 1e9, kv_GB_per_token=kv / 1e9,
-                 limit_tok_s=bw / (wb + kv))
-        p(f"  HBM {bw / 1e9:.0f} GB/s; {wb / 1e6:.0f} MB weights + {kv / 1e6:.1f} MB KV a token "
-          f"-> limit {r['limit_tok_s']:.0f} tok/s")
+        r.update(decode_limit_of(dev, cfg, gpu.device_bandwidth(), args.prompt_tokens + args.new_tokens / 2))
+        p(f"  HBM {r['bandwidth_GBs']:.0f} GB/s; {1e3 * r['weight_GB_per_token']:.0f} MB weights + "
+          f"{1e3 * r['kv_GB_per_token']:.1f} MB KV a token -> limit {r['limit_tok_s']:.0f} tok/s")
         prompt = np.random.default_rng(2).integers(m, cfg.vocab_size - m, args.prompt_tokens).tolist()
         for graph in (True, False):
             dec = gpu.Decoder(dev, cfg, max_len=args.prompt_tokens + args.new_tokens + 8, graph=graph)
@@ -453,14 +468,10 @@ def main(argv=None) -> int:
         def llama3_8b():
             cfg = ModelConfig(**LLAMA3_8B)
             r = {}
-            bw = gpu.device_bandwidth()
             params = device_params(cfg, "bf16")
-            wb = weight_bytes_per_token(params, cfg)   # the CPU bench's count: DeviceWeights have nbytes
-            kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * (args.prompt_tokens + args.new_tokens / 2)
-            r.update(bandwidth_GBs=bw / 1e9, weight_GB_per_token=wb / 1e9, kv_GB_per_token=kv / 1e9,
-                     limit_tok_s=bw / (wb + kv))
-            p(f"  HBM {bw / 1e9:.0f} GB/s (device copy); {wb / 1e9:.2f} GB weights + {kv / 1e9:.3f} GB KV a token "
-              f"-> limit {r['limit_tok_s']:.0f} tok/s")
+            r.update(decode_limit_of(params, cfg, gpu.device_bandwidth(), args.prompt_tokens + args.new_tokens / 2))
+            p(f"  HBM {r['bandwidth_GBs']:.0f} GB/s (device copy); {r['weight_GB_per_token']:.2f} GB weights + "
+              f"{r['kv_GB_per_token']:.3f} GB KV a token -> limit {r['limit_tok_s']:.0f} tok/s")
             m = min(1000, cfg.vocab_size // 4)   # away from the special tokens at either end
             prompt = np.random.default_rng(3).integers(m, cfg.vocab_size - m, args.prompt_tokens).tolist()
             for graph in (True, False):
@@ -508,12 +519,11 @@ def main(argv=None) -> int:
             bw = results.get("8b", {}).get("bandwidth_GBs", 0) * 1e9 or gpu.device_bandwidth()
             params = device_q4_k_m_params(cfg)
             r["gpu_weight_GB"] = gpu.device_nbytes(params) / 1e9
-            wb = weight_bytes_per_token(params, cfg)
-            kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * (args.prompt_tokens + args.new_tokens / 2)
-            r.update(bandwidth_GBs=bw / 1e9, weight_GB_per_token=wb / 1e9, kv_GB_per_token=kv / 1e9,
-                     limit_tok_s=bw / (wb + kv))
-            p(f"  Q4_K_M packed on the GPU: {r['gpu_weight_GB']:.2f} GB of weights; {wb / 1e9:.2f} GB + "
-              f"{kv / 1e9:.3f} GB KV read a token -> limit {r['limit_tok_s']:.0f} tok/s at {bw / 1e9:.0f} GB/s")
+            r.update(decode_limit_of(params, cfg, bw, args.prompt_tokens + args.new_tokens / 2))
+            p(f"  Q4_K_M packed on the GPU: {r['gpu_weight_GB']:.2f} GB of weights; "
+              f"{r['weight_GB_per_token']:.2f} GB + "
+              f"{r['kv_GB_per_token']:.3f} GB KV read a token -> limit {r['limit_tok_s']:.0f} tok/s "
+              f"at {r['bandwidth_GBs']:.0f} GB/s")
             m = min(1000, cfg.vocab_size // 4)
             prompt = np.random.default_rng(3).integers(m, cfg.vocab_size - m, args.prompt_tokens).tolist()
             dec = gpu.Decoder(params, cfg, max_len=args.prompt_tokens + args.new_tokens + 8)
@@ -546,22 +556,17 @@ def main(argv=None) -> int:
     if "limit_tok_s" in sm:
         p(f"\nSUMMARY {results['date']} {results['device']}: SmolLM2-135M, bf16, batch 1 "
           f"({sm.get('kernels_a_step', '?')} kernels a step), limit {sm['limit_tok_s']:.0f} tok/s (target >= 30 %)")
-        for k, label in (("greedy", "llama_np (GPU greedy)"), ("graph=True", "llama_np (host loop)"),
-                         ("graph=False", "llama_np (no graph)"), ("transformers eager bf16", "transformers eager bf16")):
-            if isinstance(sm.get(k), dict):
-                p(f"  {label:26s} prefill {sm[k]['prefill_tok_s']:8.0f} tok/s  decode {sm[k]['decode_tok_s']:7.1f} tok/s"
-                  f"  ({sm[k]['pct_of_limit']:.0f}% of the limit)")
+        summary_rows(sm, (("greedy", "llama_np (GPU greedy)"), ("graph=True", "llama_np (host loop)"),
+                          ("graph=False", "llama_np (no graph)"),
+                          ("transformers eager bf16", "transformers eager bf16")))
     r = results.get("8b", {})
     if "limit_tok_s" in r:
         p(f"\nSUMMARY {results['date']} {results['device']}: Llama 3 8B shape, bf16, batch 1, "
           f"prompt {args.prompt_tokens}, decode {args.new_tokens}")
         p(f"  HBM {r['bandwidth_GBs']:.0f} GB/s -> decode limit {r['limit_tok_s']:.0f} tok/s")
-        labels = {"llama_np greedy": "llama_np (GPU greedy)", "llama_np graph=True": "llama_np (host loop)",
-                  "llama_np graph=False": "llama_np (no graph)", "transformers eager bf16": "transformers eager bf16"}
-        for k, label in labels.items():
-            if isinstance(r.get(k), dict):
-                p(f"  {label:26s} prefill {r[k]['prefill_tok_s']:8.0f} tok/s  decode {r[k]['decode_tok_s']:7.1f} tok/s"
-                  f"  ({r[k]['pct_of_limit']:.0f}% of the limit)")
+        summary_rows(r, (("llama_np greedy", "llama_np (GPU greedy)"), ("llama_np graph=True", "llama_np (host loop)"),
+                         ("llama_np graph=False", "llama_np (no graph)"),
+                         ("transformers eager bf16", "transformers eager bf16")))
         if "model_code_decode_tok_s" in r:
             p(f"  {'llama_np model.forward':26s} {'':22s}decode {r['model_code_decode_tok_s']:7.1f} tok/s")
         if "ratio_decode" in r:
@@ -571,10 +576,8 @@ def main(argv=None) -> int:
     if "limit_tok_s" in q:
         p(f"  Q4_K_M, packed: {q['gpu_weight_GB']:.2f} GB on the GPU, limit {q['limit_tok_s']:.0f} tok/s "
           f"({q['weight_GB_per_token']:.2f} GB a token)")
-        for k, label in (("llama_np greedy", "llama_np Q4_K_M (greedy)"), ("llama_np graph=True", "llama_np Q4_K_M (host)")):
-            if isinstance(q.get(k), dict):
-                p(f"  {label:26s} prefill {q[k]['prefill_tok_s']:8.0f} tok/s  decode {q[k]['decode_tok_s']:7.1f} tok/s"
-                  f"  ({q[k]['pct_of_limit']:.0f}% of the limit)")
+        summary_rows(q, (("llama_np greedy", "llama_np Q4_K_M (greedy)"),
+                         ("llama_np graph=True", "llama_np Q4_K_M (host)")))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
